@@ -1,0 +1,22 @@
+"""Instrument adapters: one module per instrument family, plus ``sim/``, the virtual cell."""
+
+from __future__ import annotations
+
+import importlib
+
+from .base import Adapter, AdapterConfig
+
+REGISTRY: dict[str, str] = {
+    "sim.potentiostat": "adapters.sim.potentiostat:SimPotentiostat",
+}
+
+
+def adapter_class(type_name: str) -> type[Adapter]:
+    try:
+        module, cls = REGISTRY[type_name].split(":")
+    except KeyError:
+        raise KeyError(f"unknown adapter {type_name!r}; known: {sorted(REGISTRY)}") from None
+    return getattr(importlib.import_module(module), cls)
+
+
+__all__ = ["REGISTRY", "Adapter", "AdapterConfig", "adapter_class"]

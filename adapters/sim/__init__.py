@@ -1,0 +1,1 @@
+"""The virtual cell and its instruments, with fault injection."""

@@ -1,0 +1,54 @@
+"""The processor interface: frames in, frames out, state per stream key, no I/O."""
+
+from __future__ import annotations
+
+import fnmatch
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from stream.frame import Frame
+
+
+class ProcessorConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = None
+
+
+class Processor(ABC):
+    """Subclasses set ``type_name``, ``consumes`` (kind patterns) and ``Config``.
+
+    ``process`` must be deterministic: the same frames in the same order give the same output,
+    live or replayed.
+    """
+
+    type_name: ClassVar[str] = "processor"
+    consumes: ClassVar[tuple[str, ...]] = ()
+    Config: ClassVar[type[ProcessorConfig]] = ProcessorConfig
+
+    def __init__(self, config: ProcessorConfig | None = None):
+        self.config = config or self.Config()
+        self.name = self.config.name or self.type_name
+        self._out_seq: dict[tuple[str, str], int] = {}
+
+    def wants(self, kind: str) -> bool:
+        return any(fnmatch.fnmatchcase(kind, pattern) for pattern in self.consumes)
+
+    @abstractmethod
+    def process(self, frame: Frame) -> list[Frame]: ...
+
+    def flush(self) -> list[Frame]:
+        """Called once at the end of a run; emit whatever is still pending."""
+        return []
+
+    def emit(self, source: Frame, kind: str, t0_ns: int, arrays: dict[str, np.ndarray],
+             units: dict[str, str], meta: dict[str, Any] | None = None) -> Frame:
+        """A result frame on stream ``<experiment>/<cell>/<processor name>``, seq per kind."""
+        experiment, cell, _ = source.stream.split("/")
+        stream = f"{experiment}/{cell}/{self.name}"
+        key = (stream, kind)
+        seq = self._out_seq.get(key, 0)
+        self._out_seq[key] = seq + 1
+        return Frame(stream, kind, seq, t0_ns, arrays, units, meta or {})

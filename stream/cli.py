@@ -1,0 +1,300 @@
+"""The ``opmon`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import math
+import re
+import sys
+import time
+from datetime import UTC
+from pathlib import Path
+
+import tomli_w
+
+from .config import ConfigError, OpmonConfig, load_config, parse_config
+
+log = logging.getLogger("opmon")
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '15m', '4h', '2d' -> seconds."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smhd]?)\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 15m, 4h or 2d")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def parse_speed(text: str) -> float:
+    if text == "max":
+        return math.inf
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'max'") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("speed must be positive")
+    return value
+
+
+def _progress(total: int | None, desc: str):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="frame", unit_scale=True, file=sys.stderr,
+                disable=not sys.stderr.isatty(), mininterval=0.5)
+
+
+# -- commands ------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from .build import build_node
+
+    cfg = load_config(args.config)
+    node = build_node(cfg)
+    snapshot = asyncio.run(node.run())
+    _print_snapshot(snapshot)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .build import build_node, build_sources
+    from .demo import demo_config, new_run_dir
+
+    run_dir = Path(args.out) if args.out else new_run_dir(args.runs)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = demo_config(run_dir, cells=args.cells, duration_s=args.duration,
+                       speed="max" if math.isinf(args.speed) else args.speed)
+    if args.print_config:
+        print(tomli_w.dumps(data))
+        return 0
+    (run_dir / "config.toml").write_text(tomli_w.dumps(data))
+    cfg = parse_config(data, "<embedded demo>")
+    sources = build_sources(cfg)
+    node = build_node(cfg, sources=sources)
+    wall = args.duration / args.speed
+    print(f"opmon demo: {args.cells} simulated cells, {args.duration / 3600:.2f} h of cycling at "
+          f"{args.speed:g}x ({'as fast as possible' if math.isinf(wall) else f'~{wall:.0f} s'})"
+          f", one cell with an injected internal short.\nrun folder: {run_dir}", flush=True)
+    t0 = time.monotonic()
+    snapshot = asyncio.run(node.run())
+    elapsed = time.monotonic() - t0
+    truth = [{"stream": s.stream, **g} for s in sources for g in getattr(s, "ground_truth", [])]
+    (run_dir / "ground_truth.json").write_text(json.dumps(truth, indent=2))
+    console = next((s for s in node.sinks if s.type_name == "console"), None)
+    summary = {"elapsed_s": elapsed, "stages": snapshot, "ground_truth": truth,
+               "alerts": console.alerts if console else []}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    proc = snapshot["process"]
+    print(f"\ndone in {elapsed:.1f} s: {int(proc['frames_in'])} frames in, "
+          f"{int(proc['frames_out'])} results, {int(proc['rejects'])} rejects, "
+          f"{int(proc['lost'])} lost, p99 latency {proc['latency_p99_ms']:.1f} ms")
+    for fault in truth:
+        print(f"injected: {fault['kind']} on {fault['stream']} at t={fault['onset_s']:.0f} s")
+    print(f"alerts: {len(summary['alerts'])}\nrun folder: {run_dir}\n"
+          f"  recording.mcap  (opmon inspect {run_dir}/recording.mcap)\n"
+          f"  results.lp      (InfluxDB line protocol)\n  health.lp, summary.json, "
+          f"ground_truth.json, config.toml")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from .recording import describe
+
+    summary = describe(args.file)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"{summary['path']}: {len(summary['streams'])} streams"
+          + (f", TRUNCATED ({summary['truncation_reason']})" if summary["truncated"] else "")
+          + (f", {summary['rejects']} rejected frames" if summary["rejects"] else ""))
+    print(f"{'stream':40s} {'kind':18s} {'frames':>8s} {'samples':>9s} {'span':>10s} "
+          f"{'lost':>6s} {'dup':>5s}  first sample (UTC)")
+    for s in summary["streams"]:
+        span = (s["last_ns"] - s["first_ns"]) / 1e9
+        first = datetime.fromtimestamp(s["first_ns"] / 1e9, tz=UTC).isoformat(
+            timespec="seconds")
+        print(f"{s['stream']:40s} {s['kind']:18s} {s['frames']:8d} {s['samples']:9d} "
+              f"{span:9.0f}s {s['lost']:6d} {s['duplicates']:5d}  {first}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .sources import RecordingSource
+    from .transports import open_publisher
+
+    async def replay() -> int:
+        bar = _progress(None, "replay")
+        source = RecordingSource(args.file, args.speed, on_frame=bar.update)
+        n = 0
+        async with open_publisher(args.to) as pub:
+            async for frame in source.frames():
+                await pub.publish(frame)
+                n += 1
+        bar.close()
+        return n
+
+    n = asyncio.run(replay())
+    print(f"replayed {n} frames to {args.to}")
+    return 0
+
+
+def _offline_config(args: argparse.Namespace) -> OpmonConfig:
+    if args.config:
+        return load_config(args.config)
+    from .demo import demo_config
+    data = demo_config(Path(args.out))
+    data["cells"] = []
+    data["sinks"] = []
+    return parse_config(data, "<default processors>")
+
+
+def cmd_process(args: argparse.Namespace) -> int:
+    from .build import build_node
+    from .sinks.lineprotocol_file import LineProtocolFileConfig, LineProtocolFileSink
+    from .sources import RecordingSource
+
+    cfg = _offline_config(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bar = _progress(None, "process")
+    source = RecordingSource(args.file, math.inf, on_frame=bar.update)
+    sinks = [LineProtocolFileSink(LineProtocolFileConfig(path=str(out / "results.lp")))]
+    sinks += [s for s in _config_sinks(cfg) if s.type_name != "console"]
+    node = build_node(cfg, sources=[source], sinks=sinks)
+    t0 = time.monotonic()
+    snapshot = asyncio.run(node.run())
+    bar.close()
+    proc = snapshot["process"]
+    print(f"processed {int(proc['frames_in'])} frames in {time.monotonic() - t0:.1f} s: "
+          f"{int(proc['frames_out'])} results, {int(proc['rejects'])} rejects "
+          f"-> {out / 'results.lp'}")
+    if source.reader.truncated:
+        print(f"note: the recording is truncated ({source.reader.truncation_reason})")
+    return 0
+
+
+def _config_sinks(cfg: OpmonConfig) -> list:
+    from .build import build_sinks
+    return build_sinks(cfg)
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from .recording import RecordingWriter
+    from .transports import open_subscriber
+
+    async def record() -> int:
+        import signal
+        writer = RecordingWriter(args.out, flush_interval_s=args.flush_interval)
+        sub = open_subscriber(args.source, args.topics or None)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        deadline = time.monotonic() + args.duration if args.duration else math.inf
+
+        async def consume() -> None:
+            async with sub:
+                async for frame in sub:
+                    writer.write(frame)
+                    if time.monotonic() >= deadline:
+                        return
+
+        task = asyncio.create_task(consume())
+        stopper = asyncio.create_task(stop.wait())
+        timeout = None if math.isinf(deadline) else max(0.0, deadline - time.monotonic())
+        await asyncio.wait({task, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        task.cancel()
+        stopper.cancel()
+        await asyncio.gather(task, stopper, return_exceptions=True)
+        writer.close()
+        print(f"recorded {writer.frames} frames to {args.out}; lost {sub.tracker.lost}, "
+              f"rejected {sub.rejects}", file=sys.stderr)
+        return writer.frames
+
+    asyncio.run(record())
+    return 0
+
+
+# -- parser --------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from .demo import DEFAULT_DURATION_S, DEFAULT_SPEED
+
+    p = argparse.ArgumentParser(prog="opmon", description="Streaming operando monitoring for "
+                                "battery experiments.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("demo", help="run a simulated multi-cell experiment with a fault",
+                       description="Simulated experiment on the embedded in-process default; "
+                       "no broker or database needed. Leaves a run folder.")
+    s.add_argument("--duration", type=parse_duration, default=DEFAULT_DURATION_S,
+                   help="simulated experiment length, e.g. 90m, 4h (default 4h)")
+    s.add_argument("--speed", type=parse_speed, default=DEFAULT_SPEED,
+                   help=f"simulation speed factor, or 'max' (default {DEFAULT_SPEED:g})")
+    s.add_argument("--cells", type=int, default=4, help="number of cells (default 4)")
+    s.add_argument("--runs", default="runs", help="folder for run folders (default ./runs)")
+    s.add_argument("--out", help="exact run folder to use")
+    s.add_argument("--print-config", action="store_true", help="print the demo config as TOML")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("run", help="run a node from a TOML config",
+                       description="Run adapters, processors and sinks described in CONFIG.")
+    s.add_argument("config", help="path to CONFIG.toml")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("record", help="record frames from a transport to an MCAP file")
+    s.add_argument("source", help="transport URL, e.g. zmq+pubsub://127.0.0.1:5555")
+    s.add_argument("--out", required=True, help="MCAP file to write")
+    s.add_argument("--topics", nargs="*", help="topic patterns (default opmon/#)")
+    s.add_argument("--duration", type=parse_duration, help="stop after this long")
+    s.add_argument("--flush-interval", type=float, default=1.0,
+                   help="close a chunk at least this often, in s (default 1)")
+    s.set_defaults(func=cmd_record)
+
+    s = sub.add_parser("replay", help="republish a recording onto a transport")
+    s.add_argument("file", help="MCAP recording")
+    s.add_argument("--to", required=True, help="transport URL to publish on")
+    s.add_argument("--speed", type=parse_speed, default=1.0,
+                   help="time scale factor, or 'max' (default 1)")
+    s.set_defaults(func=cmd_replay)
+
+    s = sub.add_parser("process", help="run processors offline over a recording",
+                       description="Runs the processors of CONFIG (default: the demo's) over a "
+                       "recording with no transport and writes the same results as a live run.")
+    s.add_argument("file", help="MCAP recording")
+    s.add_argument("-c", "--config", help="config whose processors, alerts and sinks to use")
+    s.add_argument("--out", default="processed", help="output folder (default ./processed)")
+    s.set_defaults(func=cmd_process)
+
+    s = sub.add_parser("inspect", help="summarise a recording")
+    s.add_argument("file", help="MCAP recording")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_inspect)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"config error:\n{exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _print_snapshot(snapshot: dict) -> None:
+    for stage, values in snapshot.items():
+        print(f"{stage:40s} in {int(values['frames_in']):9d} out {int(values['frames_out']):9d} "
+              f"rejects {int(values['rejects']):6d} lost {int(values['lost']):6d} "
+              f"p99 {values['latency_p99_ms']:.1f} ms")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
