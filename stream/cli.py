@@ -127,7 +127,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     async def replay() -> int:
         bar = _progress(None, "replay")
-        source = RecordingSource(args.file, args.speed, on_frame=bar.update)
+        source = RecordingSource(args.file, args.speed, on_frame=bar.update,
+                                 raw_only=not args.all)
         n = 0
         async with open_publisher(args.to) as pub:
             async for frame in source.frames():
@@ -162,7 +163,6 @@ def cmd_process(args: argparse.Namespace) -> int:
     bar = _progress(None, "process")
     source = RecordingSource(args.file, math.inf, on_frame=bar.update)
     sinks = [LineProtocolFileSink(LineProtocolFileConfig(path=str(out / "results.lp")))]
-    sinks += [s for s in _config_sinks(cfg) if s.type_name != "console"]
     node = build_node(cfg, sources=[source], sinks=sinks)
     t0 = time.monotonic()
     snapshot = asyncio.run(node.run())
@@ -174,11 +174,6 @@ def cmd_process(args: argparse.Namespace) -> int:
     if source.reader.truncated:
         print(f"note: the recording is truncated ({source.reader.truncation_reason})")
     return 0
-
-
-def _config_sinks(cfg: OpmonConfig) -> list:
-    from .build import build_sinks
-    return build_sinks(cfg)
 
 
 def cmd_record(args: argparse.Namespace) -> int:
@@ -259,14 +254,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--to", required=True, help="transport URL to publish on")
     s.add_argument("--speed", type=parse_speed, default=1.0,
                    help="time scale factor, or 'max' (default 1)")
+    s.add_argument("--all", action="store_true",
+                   help="also republish recorded results, events, alerts and health frames")
     s.set_defaults(func=cmd_replay)
 
     s = sub.add_parser("process", help="run processors offline over a recording",
                        description="Runs the processors of CONFIG (default: the demo's) over a "
                        "recording with no transport and writes the same results as a live run.")
     s.add_argument("file", help="MCAP recording")
-    s.add_argument("-c", "--config", help="config whose processors, alerts and sinks to use")
-    s.add_argument("--out", default="processed", help="output folder (default ./processed)")
+    s.add_argument("-c", "--config", help="config whose processors and alert rules to use "
+                   "(its sources and sinks are ignored)")
+    s.add_argument("--out", default="processed",
+                   help="output folder for results.lp (default ./processed)")
     s.set_defaults(func=cmd_process)
 
     s = sub.add_parser("inspect", help="summarise a recording")

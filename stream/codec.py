@@ -187,7 +187,7 @@ class FrameDecoder:
         """``parts`` = [header, buf...] (topic already removed); zmq.Frame, bytes or memoryview."""
         if not parts:
             raise FrameError(None, "header", "empty message")
-        bufs = [p.buffer if hasattr(p, "buffer") else p for p in parts]
+        bufs = [_bytes_view(p.buffer if hasattr(p, "buffer") else p) for p in parts]
         self._check_size(sum(len(b) for b in bufs))
         desc, seq, t0_ns, end = self._split_header(bufs[0])
         if end != len(bufs[0]):
@@ -259,6 +259,11 @@ class FrameDecoder:
                                  f"{arr.size} values, shape says {list(spec.shape)}")
             arrays[spec.name] = arr.reshape(spec.shape)
         return _finish(desc, doc["seq"], doc["t0_ns"], arrays)
+
+
+def _bytes_view(buf: Any) -> memoryview:
+    mv = memoryview(buf)
+    return mv if mv.format == "B" and mv.ndim == 1 else mv.cast("B")
 
 
 def _len(v: Any) -> int:

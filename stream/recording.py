@@ -31,12 +31,23 @@ PROFILE = "opmon"
 log = logging.getLogger("opmon.recording")
 
 
+def _unused_path(path: Path) -> Path:
+    """Never overwrite a recording: ``run.mcap`` -> ``run.1.mcap``, ``run.2.mcap``, ..."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}.{n}{path.suffix}")
+    if n:
+        log.warning("%s exists; recording to %s instead", path, candidate)
+    return candidate
+
+
 class RecordingWriter:
     def __init__(self, path: str | Path, chunk_size: int = 4 << 20,
                  compression: str = "zstd", flush_interval_s: float = 1.0):
-        self.path = Path(path)
+        self.path = _unused_path(Path(path))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("wb")
+        self._file = self.path.open("xb")
         comp = {"zstd": CompressionType.ZSTD, "lz4": CompressionType.LZ4,
                 "none": CompressionType.NONE}[compression]
         self._writer = Writer(self._file, chunk_size=chunk_size, compression=comp)

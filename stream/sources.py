@@ -47,16 +47,28 @@ class SubscriberSource(Source):
         return {"rejects": s.rejects, "lost": s.tracker.lost, "duplicates": s.tracker.duplicates}
 
 
+DERIVED_KINDS = ("result.", "event", "alert", "health")
+
+
+def is_derived(kind: str) -> bool:
+    return kind.startswith(DERIVED_KINDS)
+
+
 class RecordingSource(Source):
     """Replays a recording with its original spacing (log time) divided by ``speed``;
-    ``speed=math.inf`` sends as fast as the consumer takes them."""
+    ``speed=math.inf`` sends as fast as the consumer takes them.
+
+    By default only raw instrument frames are replayed: results, events, alerts and health
+    frames recorded live are skipped, so processors recompute them (``raw_only=False`` keeps
+    them)."""
 
     trusted = True
 
     def __init__(self, path: str | Path, speed: float = math.inf,
-                 on_frame: Callable[[int], None] | None = None):
+                 on_frame: Callable[[int], None] | None = None, raw_only: bool = True):
         self.reader = RecordingReader(path)
         self.speed = speed
+        self.raw_only = raw_only
         self.name = f"replay:{Path(path).name}"
         self.on_frame = on_frame
 
@@ -64,6 +76,8 @@ class RecordingSource(Source):
         first_log = None
         start = time.monotonic()
         for i, rec in enumerate(self.reader):
+            if self.raw_only and is_derived(rec.frame.kind):
+                continue
             if math.isfinite(self.speed):
                 if first_log is None:
                     first_log = rec.log_time_ns
