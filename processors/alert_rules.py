@@ -53,12 +53,17 @@ class AlertRuleProcessor(Processor):
     def __init__(self, config: AlertRulesConfig | None = None):
         super().__init__(config)
         self._states: dict[tuple[str, str], _RuleState] = {}
+        self._rules_for: dict[str, list[AlertRule]] = {}
 
     def process(self, frame: Frame) -> list[Frame]:
+        rules = self._rules_for.get(frame.kind)
+        if rules is None:
+            rules = self._rules_for[frame.kind] = [
+                r for r in self.config.rules if fnmatch.fnmatchcase(frame.kind, r.kind)]
         out: list[Frame] = []
-        for rule in self.config.rules:
+        for rule in rules:
             values = frame.arrays.get(rule.field)
-            if values is None or not fnmatch.fnmatchcase(frame.kind, rule.kind):
+            if values is None:
                 continue
             out.extend(self._evaluate(rule, frame, np.asarray(values, dtype=np.float64).ravel()))
         return out

@@ -32,9 +32,13 @@ class Processor(ABC):
         self.config = config or self.Config()
         self.name = self.config.name or self.type_name
         self._out_seq: dict[tuple[str, str], int] = {}
+        self._wants: dict[str, bool] = {}
 
     def wants(self, kind: str) -> bool:
-        return any(fnmatch.fnmatchcase(kind, pattern) for pattern in self.consumes)
+        known = self._wants.get(kind)
+        if known is None:
+            known = self._wants[kind] = any(fnmatch.fnmatchcase(kind, p) for p in self.consumes)
+        return known
 
     @abstractmethod
     def process(self, frame: Frame) -> list[Frame]: ...

@@ -59,9 +59,9 @@ class ElectrochemProcessor(Processor):
 
     def process(self, frame: Frame) -> list[Frame]:
         t, voltage, current = require_arrays(frame, ("t", "voltage", "current"))
-        if not (np.isfinite(voltage).all() and np.isfinite(current).all()):
-            field_name = "voltage" if not np.isfinite(voltage).all() else "current"
-            raise FrameError(frame.stream, f"arrays.{field_name}", "non-finite sample")
+        for name, arr in (("voltage", voltage), ("current", current)):
+            if not np.isfinite(arr.sum()) and not np.isfinite(arr).all():
+                raise FrameError(frame.stream, f"arrays.{name}", "non-finite sample")
         st = self._cells.get(frame.stream)
         if st is None:
             st = self._cells[frame.stream] = _CellState(origin_ns=frame.t0_ns)
@@ -69,12 +69,11 @@ class ElectrochemProcessor(Processor):
         q_total, ends = coulomb_count(t_abs, current, voltage,
                                       self.config.current_threshold_A, st.kernel)
         out: list[Frame] = []
-        times = frame.times_ns()
         for index, sign, charge, energy in ends:
-            out.extend(self._close_half_cycle(frame, st, int(times[int(index)]), int(sign),
-                                              charge, energy))
+            t_ns = frame.t0_ns + round(float(t[int(index)]) * 1e9)
+            out.extend(self._close_half_cycle(frame, st, t_ns, int(sign), charge, energy))
         last = len(t) - 1
-        out.append(self.emit(frame, "result.echem", int(times[last]), {
+        out.append(self.emit(frame, "result.echem", frame.t0_ns + round(float(t[last]) * 1e9), {
             "t": np.zeros(1),
             "voltage": voltage[last:],
             "current": current[last:],

@@ -151,7 +151,18 @@ def array_spec(name: str, arr: np.ndarray) -> dict[str, Any]:
     return {"name": name, "dtype": arr.dtype.str, "shape": list(arr.shape)}
 
 
+_VALID_IDENTITIES: set[tuple[str, str]] = set()
+
+
 def validate_identity(stream: Any, kind: Any, version: Any) -> None:
+    if version == ENVELOPE_VERSION and (stream, kind) in _VALID_IDENTITIES:
+        return
+    _check_identity(stream, kind, version)
+    if len(_VALID_IDENTITIES) < 100_000:
+        _VALID_IDENTITIES.add((stream, kind))
+
+
+def _check_identity(stream: Any, kind: Any, version: Any) -> None:
     if version != ENVELOPE_VERSION:
         raise FrameError(stream if isinstance(stream, str) else None, "v",
                          f"envelope version {version!r} not supported (expected {ENVELOPE_VERSION})")
@@ -180,6 +191,7 @@ def check_sample_times(stream: str, t: np.ndarray | None) -> None:
         raise FrameError(stream, "arrays.t", f"sample times must be numeric, got {t.dtype.str}")
     if t.ndim != 1:
         raise FrameError(stream, "arrays.t", f"sample times must be 1-D, got shape {t.shape}")
-    if t.dtype.kind == "f" and not np.isfinite(t).all():
+    # a finite sum is the fast path; an overflowing sum falls back to the full check
+    if t.dtype.kind == "f" and not np.isfinite(t.sum()) and not np.isfinite(t).all():
         bad = int(np.flatnonzero(~np.isfinite(t))[0])
         raise FrameError(stream, "arrays.t", f"non-finite timestamp at index {bad}")

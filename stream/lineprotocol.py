@@ -39,7 +39,30 @@ def measurement_for(kind: str) -> str:
     return kind.replace(".", "_")
 
 
+_SERIES_CACHE: dict[tuple, str] = {}
+_FIELD_KEYS: dict[str, str] = {}
+
+
 def series_key(frame: Frame) -> str:
+    tags = frame.meta.get("tags")
+    cache_key = (frame.stream, frame.kind,
+                 tuple(sorted(tags.items())) if isinstance(tags, dict) else None)
+    key = _SERIES_CACHE.get(cache_key)
+    if key is None:
+        if len(_SERIES_CACHE) > 100_000:
+            _SERIES_CACHE.clear()
+        key = _SERIES_CACHE[cache_key] = _series_key(frame)
+    return key
+
+
+def _field_key(name: str) -> str:
+    key = _FIELD_KEYS.get(name)
+    if key is None:
+        key = _FIELD_KEYS[name] = escape_tag(name)
+    return key
+
+
+def _series_key(frame: Frame) -> str:
     experiment, cell, instrument = frame.stream.split("/")
     tags = {"experiment": experiment, "cell": cell, "instrument": instrument}
     extra = frame.meta.get("tags") if isinstance(frame.meta.get("tags"), dict) else {}
@@ -75,7 +98,7 @@ def _meta_fields(meta: dict[str, Any]) -> list[str]:
 def encode_frame(frame: Frame) -> list[str]:
     """Line-protocol lines for one frame (empty if it has no per-sample fields)."""
     n = frame.n_samples
-    columns = [(escape_tag(name), _format_column(np.ravel(arr)))
+    columns = [(_field_key(name), _format_column(np.ravel(arr)))
                for name, arr in frame.arrays.items()
                if name != "t" and arr.ndim <= 1 and arr.size == n]
     extra = _meta_fields(frame.meta) if frame.kind in ("event", "alert") else []

@@ -25,9 +25,14 @@ class Sink(ABC):
     def __init__(self, config: SinkConfig | None = None):
         self.config = config or self.Config()
         self.name = self.config.name or self.type_name
+        self._wants: dict[str, bool] = {}
 
     def wants(self, kind: str) -> bool:
-        return any(fnmatch.fnmatchcase(kind, pattern) for pattern in self.config.kinds)
+        known = self._wants.get(kind)
+        if known is None:
+            known = self._wants[kind] = any(fnmatch.fnmatchcase(kind, p)
+                                            for p in self.config.kinds)
+        return known
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         pass
