@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +26,8 @@ async def _collect(sub, n: int, timeout: float = 10.0, delay: float = 0.0) -> li
             if len(got) >= n:
                 return
 
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(run(), timeout)
-    except TimeoutError:
-        pass
     return got
 
 
