@@ -146,21 +146,21 @@ class FrameDecoder:
 
     def __init__(self, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD):
         self.max_payload_bytes = max_payload_bytes
-        self._cache: dict[bytes, _Descriptor] = {}
+        self._cache: dict[tuple[int, bytes], _Descriptor] = {}
 
     # -- descriptor -----------------------------------------------------------------------
     def _descriptor(self, raw: bytes, version: int) -> _Descriptor:
-        desc = self._cache.get(raw)
+        desc = self._cache.get((version, raw))
         if desc is not None:
             return desc
         try:
             doc = json.loads(raw)
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise FrameError(None, "header", f"not valid JSON: {exc}") from exc
         desc = _parse_descriptor(doc, version)
         if len(self._cache) >= _DESCRIPTOR_CACHE_SIZE:
             self._cache.clear()
-        self._cache[raw] = desc
+        self._cache[(version, raw)] = desc
         return desc
 
     def _split_header(self, header: bytes | memoryview) -> tuple[_Descriptor, int, int, int]:
@@ -231,7 +231,7 @@ class FrameDecoder:
             self._check_size(len(payload))
         try:
             doc = json.loads(bytes(payload) if isinstance(payload, memoryview) else payload)
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise FrameError(None, "header", f"not valid JSON: {exc}") from exc
         if not isinstance(doc, dict):
             raise FrameError(None, "header", "JSON frame must be an object")
@@ -248,9 +248,12 @@ class FrameDecoder:
         for spec in desc.specs:
             if spec.name not in data:
                 raise FrameError(desc.stream, f"data.{spec.name}", "declared array missing")
-            values = data[spec.name]
+            values = _as_list(data[spec.name])
+            if not all(v is None or isinstance(v, (int, float)) for v in values):
+                raise FrameError(desc.stream, f"data.{spec.name}",
+                                 "values must be numbers, booleans or null")
             try:
-                arr = np.array([math.nan if v is None else v for v in _as_list(values)],
+                arr = np.array([math.nan if v is None else v for v in values],
                                dtype=spec.dtype)
             except (TypeError, ValueError, OverflowError) as exc:
                 raise FrameError(desc.stream, f"data.{spec.name}", f"bad values: {exc}") from exc

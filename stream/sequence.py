@@ -22,6 +22,7 @@ class StreamSeqStats:
     late: int = 0          # arrived after a later seq, filling a gap
     duplicates: int = 0
     restarts: int = 0
+    first_t0_ns: int | None = None   # t0 of seq 0: tells a restart from a re-sent seq 0
     missing: set[int] = field(default_factory=set)
 
 
@@ -39,6 +40,12 @@ class SequenceTracker:
             st = self.streams[key] = StreamSeqStats()
         seq = frame.seq
         st.received += 1
+        if seq == 0 and st.last >= 0 and frame.t0_ns != st.first_t0_ns:
+            st.restarts += 1  # the publisher started again from 0
+            st.last = -1
+            st.missing.clear()
+        if seq == 0:
+            st.first_t0_ns = frame.t0_ns
         if seq == st.last + 1 or st.last < 0:
             st.last = seq
             return True
@@ -57,7 +64,7 @@ class SequenceTracker:
             st.lost -= 1
             st.late += 1
             return True
-        if st.last - seq > REORDER_WINDOW or seq == 0:
+        if st.last - seq > REORDER_WINDOW:
             st.restarts += 1
             st.last = seq
             st.missing.clear()

@@ -101,6 +101,7 @@ class MosquittoServer:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.host = LOOPBACK
+        self._port_chosen = port is None  # ours to change if someone else takes it first
         self.port = port or free_port()
         self.allow_anonymous = allow_anonymous
         self.password_file = Path(password_file) if password_file else None
@@ -159,11 +160,27 @@ class MosquittoServer:
         return self.proc is not None and self.proc.poll() is None
 
     def start(self) -> MosquittoServer:
-        """Start (or start again, on the same port and database) and wait until it listens."""
+        """Start (or start again, on the same port and database) and wait until it listens.
+
+        The first start of a server whose port was picked here retries on a new free port if
+        the broker cannot listen (another process may take a free port before Mosquitto
+        binds it); a restart always keeps its port."""
+        attempts = 3 if self._port_chosen and self.starts == 0 else 1
+        for attempt in range(attempts):
+            try:
+                return self._start_once()
+            except ServerError:
+                if attempt == attempts - 1:
+                    raise
+                self.port = free_port()
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> MosquittoServer:
         if self.running:
             raise ServerError(f"mosquitto already running on port {self.port}")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self.config_text())
+        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - kept open while it runs
         self._log.write(f"=== start #{self.starts + 1} ===\n".encode())
         self._log.flush()
@@ -173,11 +190,30 @@ class MosquittoServer:
                                      start_new_session=True)
         self.starts += 1
         try:
+            # Mosquitto logs "... running" once its listeners are open; waiting for that line
+            # as well as for the port keeps a process that squats the port from passing.
+            self._wait_for_log(log_offset, " running", self.start_timeout)
             wait_for_port(self.host, self.port, self.start_timeout, self.proc, self.log_path)
         except ServerError:
             self.kill()
             raise
         return self
+
+    def _wait_for_log(self, offset: int, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                if text.encode() in f.read():
+                    return
+            if self.proc is None or self.proc.poll() is not None:
+                code = None if self.proc is None else self.proc.returncode
+                raise ServerError(f"mosquitto exited with code {code} before listening on "
+                                  f"{self.host}:{self.port}{_tail(self.log_path)}")
+            if time.monotonic() > deadline:
+                raise ServerError(f"mosquitto did not log {text!r} within {timeout} s"
+                                  f"{_tail(self.log_path)}")
+            time.sleep(0.01)
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM and wait: Mosquitto writes its persistence database on the way out.

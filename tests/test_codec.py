@@ -208,3 +208,23 @@ def test_fuzzed_corruption_of_valid_payload(noise: bytes, at: int) -> None:
     payload[at:at + len(noise)] = noise
     with contextlib.suppress(FrameError):
         FrameDecoder().decode_payload(bytes(payload))
+
+
+def test_deeply_nested_json_is_a_frame_error() -> None:
+    err = _reject(FrameDecoder().decode_payload, b"{" + b'"a":[' * 100_000 + b"]" * 100_000 + b"}")
+    assert err.field == "header"
+
+
+def test_same_descriptor_with_another_version_is_rejected() -> None:
+    dec = FrameDecoder()
+    f = echem_frame()
+    dec.decode_payload(encode_payload(f))  # cached as version 1
+    f.v = 2
+    assert _reject(dec.decode_payload, encode_payload(f)).field == "v"
+
+
+def test_json_strings_in_numeric_arrays_are_rejected() -> None:
+    doc = json.loads(encode_json(echem_frame()))
+    doc["data"]["voltage"][0] = "3.7"
+    err = _reject(FrameDecoder().decode_json, json.dumps(doc))
+    assert err.field == "data.voltage"

@@ -25,7 +25,7 @@ from stream.transports.mqtt import MqttPublisher, MqttSubscriber
 
 from .servers import LOOPBACK, MOSQUITTO, MOSQUITTO_PASSWD, MosquittoServer, free_port
 
-pytestmark = pytest.mark.servers
+servers = pytest.mark.servers  # the tests that start a broker
 
 STREAM = "exp1/cell01/potentiostat"
 KIND = "echem"
@@ -61,7 +61,7 @@ def assert_same_frame(got: Frame, want: Frame) -> None:
 # -- helpers --------------------------------------------------------------------------------
 def cfg(url: str, **options: object) -> TransportConfig:
     """Link options as a TransportConfig. (The URL-query form ``?qos=1`` is refused by
-    TransportConfig today; see test_url_query_options.)"""
+    TransportConfig today; see test_url_query_qos.)"""
     return TransportConfig(url=url, **options)
 
 
@@ -128,18 +128,37 @@ async def collecting(spec: str | TransportConfig, topics: list[str] | None = Non
         await sub.close()
 
 
+@contextlib.asynccontextmanager
+async def publishing(spec: str | TransportConfig, close_timeout: float = 5.0):
+    """An MqttPublisher, started; closed with a short flush so a failing test ends quickly."""
+    pub = open_publisher(spec)
+    assert isinstance(pub, MqttPublisher)
+    await pub.start()
+    try:
+        yield pub
+    finally:
+        await asyncio.wait_for(pub.close(timeout=close_timeout), close_timeout + 15)
+
+
+async def flush(pub: MqttPublisher, timeout: float) -> None:
+    try:
+        await pub.flush(timeout=timeout)
+    except TimeoutError:
+        raise AssertionError(f"{pub.buffered} messages still not acknowledged after {timeout} s "
+                             f"(reconnects: {pub.reconnects}, connected: "
+                             f"{pub.connected.is_set()})") from None
+    assert pub.buffered == 0
+
+
 async def round_trip(pub_spec: str | TransportConfig, sub_spec: str | TransportConfig,
                      n: int) -> None:
     """Publish frames 0..n-1 through one publisher and check what one subscriber receives."""
     sent = [make_frame(i) for i in range(n)]
     async with collecting(sub_spec) as col:
-        pub = open_publisher(pub_spec)
-        assert isinstance(pub, MqttPublisher)
-        async with pub:
+        async with publishing(pub_spec) as pub:
             for frame in sent:
                 await pub.publish(frame)
-            await pub.flush(timeout=20)
-            assert pub.buffered == 0
+            await flush(pub, 20)
         await col.wait_for(n, timeout=20)
         await asyncio.sleep(0.1)  # nothing more should arrive
         assert col.seqs == list(range(n))
@@ -168,8 +187,8 @@ def mosquitto(tmp_path):
 
 
 @pytest.fixture(autouse=True)
-def _dump_broker_log_on_failure(request, tmp_path):
-    """Print the broker log(s) of a failed test (pytest shows captured output on failure)."""
+def _dump_broker_log(tmp_path):
+    """Print the broker log(s) of each test: pytest shows them when the test fails."""
     yield
     for log in sorted(tmp_path.glob("*/mosquitto.log")):
         print(f"--- {log} ---")
@@ -177,6 +196,7 @@ def _dump_broker_log_on_failure(request, tmp_path):
 
 
 # -- 1. round trip --------------------------------------------------------------------------
+@servers
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(("fmt", "qos"), [("binary", 1), ("json", 1), ("binary", 0), ("json", 0)])
 async def test_round_trip(mosquitto: MosquittoServer, fmt: str, qos: int):
@@ -184,13 +204,14 @@ async def test_round_trip(mosquitto: MosquittoServer, fmt: str, qos: int):
                      cfg(mosquitto.url, qos=qos, client_id=f"opmon-test-rt-{fmt}-{qos}"), n=300)
 
 
+@servers
 async def test_json_payload_is_plain_json(mosquitto: MosquittoServer):
     """format=json puts the README's JSON form on the wire, readable by any MQTT client."""
     async with aiomqtt.Client(LOOPBACK, mosquitto.port, identifier="opmon-test-raw") as raw:
         await raw.subscribe("opmon/#", qos=1)
-        async with open_publisher(cfg(mosquitto.url, qos=1, format="json")) as pub:
+        async with publishing(cfg(mosquitto.url, qos=1, format="json")) as pub:
             await pub.publish(make_frame(7))
-            await pub.flush(timeout=10)
+            await flush(pub, 10)
         message = await asyncio.wait_for(anext(aiter(raw.messages)), 10)
     assert str(message.topic) == f"opmon/{STREAM}/{KIND}"
     doc = json.loads(message.payload)
@@ -205,8 +226,6 @@ def test_url_query_options_without_qos():
     assert (c.format, c.client_id, c.max_inflight, c.port) == ("json", "x", 5, 1883)
 
 
-@pytest.mark.xfail(strict=True, reason="stream/transports/base.py: TransportConfig.qos is "
-                   "Literal[0, 1] and pydantic does not coerce the query string '1' to it")
 def test_url_query_qos():
     """The documented form ``mqtt://HOST:PORT?qos=1`` (stream/transports/__init__.py)."""
     from stream.transports import parse_transport
@@ -215,12 +234,13 @@ def test_url_query_qos():
 
 
 # -- 2. broker restart mid-stream ----------------------------------------------------------
+@servers
 @pytest.mark.timeout(90)
 async def test_broker_restart_mid_stream_loses_nothing(mosquitto: MosquittoServer):
     n, rate_hz = 2000, 400.0
     restart_at, down_s = n // 2, 1.0
-    pub_url = cfg(mosquitto.url, qos=1)
-    sub_url = cfg(mosquitto.url, qos=1, client_id="opmon-test-restart")
+    pub_cfg = cfg(mosquitto.url, qos=1)
+    sub_cfg = cfg(mosquitto.url, qos=1, client_id="opmon-test-restart")
     buffered_while_down = 0
     restarted = asyncio.Event()
 
@@ -232,10 +252,8 @@ async def test_broker_restart_mid_stream_loses_nothing(mosquitto: MosquittoServe
         await asyncio.to_thread(mosquitto.start)          # same port, same database
         restarted.set()
 
-    async with collecting(sub_url) as col:
-        pub = open_publisher(pub_url)
-        assert isinstance(pub, MqttPublisher)
-        async with pub:
+    async with collecting(sub_cfg) as col:
+        async with publishing(pub_cfg) as pub:
             await asyncio.wait_for(pub.connected.wait(), 10)
             restart_task = None
             t_start = time.monotonic()
@@ -247,14 +265,16 @@ async def test_broker_restart_mid_stream_loses_nothing(mosquitto: MosquittoServe
                 delay = t_start + (seq + 1) / rate_hz - time.monotonic()
                 await asyncio.sleep(max(0.0, delay))
             await asyncio.wait_for(restart_task, 20)
-            await pub.flush(timeout=25)
-            assert pub.buffered == 0
+            await flush(pub, 20)
 
-        await wait_until(lambda: set(col.seqs) >= set(range(n)), 20,
+        await wait_until(lambda: set(col.seqs) >= set(range(n)), 15,
                          "every seq after the restart", col.check)
         await asyncio.sleep(0.2)  # late duplicates, if any, arrive now
 
     sub = col.sub
+    print(f"restart: buffered while down {buffered_while_down}, publisher reconnects "
+          f"{pub.reconnects}, subscriber reconnects {sub.reconnects}, "
+          f"tracker {sub.tracker.report()}")
     assert restarted.is_set()
     assert buffered_while_down > 0, "the publisher should have buffered while the broker was down"
     assert pub.reconnects >= 1 and sub.reconnects >= 1, (pub.reconnects, sub.reconnects)
@@ -267,32 +287,47 @@ async def test_broker_restart_mid_stream_loses_nothing(mosquitto: MosquittoServe
         assert_same_frame(frame, make_frame(frame.seq))
 
 
+@servers
 @pytest.mark.timeout(60)
 async def test_inflight_messages_resent_promptly_after_broker_crash(mosquitto: MosquittoServer):
     """Messages sent to a broker that never acknowledges them and then dies are re-sent as soon
-    as a broker is back, even when nothing new is published (no wait for a publish timeout)."""
-    async with open_publisher(cfg(mosquitto.url, qos=1, reconnect_max_s=0.5)) as pub:
-        assert isinstance(pub, MqttPublisher)
+    as a broker is back, even when nothing new is published (no wait for a publish timeout),
+    and reach a persistent subscriber."""
+    fast = {"qos": 1, "reconnect_max_s": 0.5}
+    async with collecting(cfg(mosquitto.url, client_id="opmon-test-crash", **fast)) as col, \
+            publishing(cfg(mosquitto.url, **fast)) as pub:
+        sub = col.sub
         await asyncio.wait_for(pub.connected.wait(), 10)
         for seq in range(5):
             await pub.publish(make_frame(seq))
-        await pub.flush(timeout=10)
+        await flush(pub, 10)
+        await col.wait_for(5, timeout=10)
+
+        # Save the subscriber's session in the database: the crash below writes none.
+        await asyncio.to_thread(mosquitto.restart)
+        await wait_until(lambda: sub.reconnects >= 1 and sub.subscribed.is_set(), 10,
+                         "the subscriber to come back", col.check)
+        await wait_until(lambda: pub.reconnects >= 1 and pub.connected.is_set(), 10,
+                         "the publisher to notice the restart and come back")
 
         mosquitto.pause()                                  # hung broker: no PUBACK
         for seq in range(5, 10):
             await pub.publish(make_frame(seq))
         await asyncio.sleep(0.5)
         assert pub.buffered == 5                           # in flight, not acknowledged
+        reconnects = pub.reconnects
         await asyncio.to_thread(mosquitto.kill)            # crash: the connection is reset
         # The publisher notices the lost connection by itself, while idle.
         await wait_until(lambda: not pub.connected.is_set(), 3, "the publisher to notice")
 
         await asyncio.to_thread(mosquitto.start)
         t0 = time.monotonic()
-        await pub.flush(timeout=8)
-        assert time.monotonic() - t0 < 5
-        assert pub.buffered == 0
-        assert pub.reconnects >= 1
+        await flush(pub, 8)
+        assert time.monotonic() - t0 < 5, "re-sent only after a publish timeout"
+        assert pub.reconnects > reconnects
+        await col.wait_for(10, timeout=10)
+        assert col.seqs == list(range(10))
+        assert sub.tracker.lost == 0
 
 
 # -- 3. username / password -----------------------------------------------------------------
@@ -311,6 +346,7 @@ def mosquitto_auth(tmp_path):
     server.stop()
 
 
+@servers
 @pytest.mark.timeout(60)
 async def test_username_password(mosquitto_auth: MosquittoServer, monkeypatch):
     monkeypatch.setenv("OPMON_TEST_MQTT_PASSWORD", "s3cret-pw")
@@ -320,6 +356,7 @@ async def test_username_password(mosquitto_auth: MosquittoServer, monkeypatch):
                      TransportConfig(client_id="opmon-test-auth-sub", **common), n=50)
 
 
+@servers
 @pytest.mark.timeout(60)
 async def test_wrong_password_or_anonymous_is_refused(mosquitto_auth: MosquittoServer,
                                                       monkeypatch):
@@ -359,7 +396,26 @@ async def test_wrong_password_or_anonymous_is_refused(mosquitto_auth: MosquittoS
         assert col.frames == []
 
 
+@servers
+@pytest.mark.timeout(30)
+async def test_missing_password_secret_is_reported(mosquitto_auth: MosquittoServer,
+                                                   monkeypatch):
+    """A password_env that is not set stops the publisher: publish() says why instead of
+    buffering frames that nothing will ever send."""
+    monkeypatch.delenv("OPMON_TEST_MQTT_UNSET", raising=False)
+    pub = open_publisher(TransportConfig(url=mosquitto_auth.url, username="opmon",
+                                         password_env="OPMON_TEST_MQTT_UNSET"))
+    await pub.start()
+    try:
+        await asyncio.sleep(0.2)
+        with pytest.raises(RuntimeError, match="OPMON_TEST_MQTT_UNSET is not set"):
+            await pub.publish(make_frame(0))
+    finally:
+        await asyncio.wait_for(pub.close(timeout=0.5), 10)
+
+
 # -- 4. malformed payloads ------------------------------------------------------------------
+@servers
 @pytest.mark.timeout(60)
 async def test_malformed_payloads_are_counted_and_skipped(mosquitto: MosquittoServer):
     good = [make_frame(i) for i in range(5)]
@@ -416,6 +472,7 @@ async def amqtt_broker():
         await asyncio.wait_for(broker.shutdown(), 15)
 
 
+@servers
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(("fmt", "qos"), [("binary", 1), ("json", 0)])
 async def test_round_trip_amqtt(amqtt_broker: str, fmt: str, qos: int):

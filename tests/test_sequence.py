@@ -27,9 +27,19 @@ def test_late_frame_fills_gap_and_duplicate_is_dropped() -> None:
 
 
 def test_publisher_restart_is_not_a_duplicate() -> None:
-    tr, kept = _feed([0, 1, 2, 3, 0, 1])
+    tr = SequenceTracker()
+    first = [echem_frame(seq=s) for s in range(4)]
+    restarted = [echem_frame(seq=s, t0_ns=1_800_000_000_000_000_000) for s in range(2)]
+    kept = [tr.observe(f) for f in first + restarted]
     st = next(iter(tr.streams.values()))
     assert st.restarts == 1 and all(kept) and tr.lost == 0
+
+
+def test_resent_start_of_stream_is_duplicate_not_restart() -> None:
+    tr, kept = _feed([0, 1, 2, 3, 4, 5, 0, 1, 2, 6])
+    st = next(iter(tr.streams.values()))
+    assert st.restarts == 0 and tr.duplicates == 3 and tr.lost == 0
+    assert kept == [True] * 6 + [False] * 3 + [True]
 
 
 def test_streams_and_kinds_are_tracked_separately() -> None:

@@ -54,6 +54,11 @@ class TransportConfig(BaseModel):
             raise ValueError(f"unknown transport scheme {scheme!r}; expected one of {SCHEMES}")
         return url
 
+    @field_validator("qos", mode="before")
+    @classmethod
+    def _qos_from_query(cls, qos: object) -> object:
+        return int(qos) if isinstance(qos, str) and qos.isdigit() else qos
+
     @property
     def scheme(self) -> str:
         return urlsplit(self.url).scheme

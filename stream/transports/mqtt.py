@@ -12,6 +12,7 @@ queues QoS 1 messages while the subscriber reconnects.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import ssl
@@ -22,7 +23,7 @@ from collections.abc import AsyncIterator
 import aiomqtt
 
 from ..codec import encode_json, encode_payload
-from ..frame import Frame
+from ..frame import Frame, FrameError
 from ..secrets import read_secret
 from ..topics import topic_for
 from .base import Publisher, Subscriber, TransportConfig
@@ -84,9 +85,20 @@ class MqttPublisher(Publisher):
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"mqtt-publisher {self.cfg.url}")
 
+    def _check_running(self) -> None:
+        """Raise what stopped the background task, if it stopped (e.g. a missing secret):
+        frames would otherwise pile up in the buffer with nothing left to send them."""
+        task = self._task
+        if task is not None and task.done() and not self._closing:
+            if task.cancelled():
+                raise RuntimeError(f"{self.cfg.url}: the MQTT publisher task was cancelled")
+            exc = task.exception()
+            raise RuntimeError(f"{self.cfg.url}: the MQTT publisher task stopped: {exc!r}") from exc
+
     async def publish(self, frame: Frame) -> None:
         if self._task is None:
             await self.start()
+        self._check_running()
         self._idle.clear()
         await self._queue.put((topic_for(frame), self._encode(frame)))
 
@@ -98,8 +110,11 @@ class MqttPublisher(Publisher):
         """Wait until every message so far is acknowledged by the broker."""
         async def drained() -> None:
             while self.buffered:
+                self._check_running()
                 self._idle.clear()
-                await self._idle.wait()
+                # Re-check now and then: a task that dies never sets the idle event.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._idle.wait(), 1.0)
         await asyncio.wait_for(drained(), timeout)
 
     async def close(self, timeout: float = 30.0) -> None:
@@ -107,18 +122,24 @@ class MqttPublisher(Publisher):
             await self.flush(timeout)
         except TimeoutError:
             log.error("%s: closing with %d messages not acknowledged", self.cfg.url, self.buffered)
+        except RuntimeError as exc:
+            log.error("%s: closing with %d messages not sent: %s", self.cfg.url, self.buffered, exc)
         self._closing = True
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        self.connected.clear()
 
     async def _run(self) -> None:
         backoff = _Backoff(self.cfg)
         while not self._closing:
             try:
                 kwargs = _client_kwargs(self.cfg, self._identifier, clean_session=True)
-                async with aiomqtt.Client(max_inflight_messages=self.cfg.max_inflight,
-                                          **kwargs) as client:
+                client = aiomqtt.Client(max_inflight_messages=self.cfg.max_inflight, **kwargs)
+                # A full window is normal here: without this aiomqtt logs "There are N pending
+                # publish calls" for every publish beyond 10 in flight.
+                client.pending_calls_threshold = self.cfg.max_inflight + 10
+                async with client:
                     backoff.reset()
                     self.connected.set()
                     await self._pump(client)
@@ -130,16 +151,21 @@ class MqttPublisher(Publisher):
                 await backoff.sleep()
 
     async def _pump(self, client: aiomqtt.Client) -> None:
+        """Publish until the connection fails, then raise MqttError. Every message not yet
+        acknowledged stays in ``_unacked``, in order, for the next connection."""
         window = asyncio.Semaphore(self.cfg.max_inflight if self.cfg.qos else 1)
-        failed: asyncio.Future = asyncio.get_running_loop().create_future()
-        tasks: set[asyncio.Task] = set()
+        failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        sends: set[asyncio.Task] = set()
+
+        def fail(exc: BaseException) -> None:
+            if not failed.done():
+                failed.set_exception(exc)
 
         async def send(msg_id: int, topic: str, payload: bytes) -> None:
             try:
                 await client.publish(topic, payload, qos=self.cfg.qos)
-            except aiomqtt.MqttError as exc:
-                if not failed.done():
-                    failed.set_exception(exc)
+            except Exception as exc:  # noqa: BLE001 - MqttError: reconnect; others: surfaced
+                fail(exc)
                 return
             finally:
                 window.release()
@@ -150,30 +176,47 @@ class MqttPublisher(Publisher):
 
         def launch(msg_id: int, topic: str, payload: bytes) -> None:
             task = asyncio.create_task(send(msg_id, topic, payload))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            sends.add(task)
+            task.add_done_callback(sends.discard)
 
-        try:
+        async def feed() -> None:
             for msg_id, (topic, payload) in list(self._unacked.items()):  # re-send, oldest first
                 await window.acquire()
                 launch(msg_id, topic, payload)
             while True:
-                get = asyncio.ensure_future(self._queue.get())
-                done, _ = await asyncio.wait({get, failed}, return_when=asyncio.FIRST_COMPLETED)
-                if get not in done:
-                    get.cancel()
-                    failed.result()
-                topic, payload = get.result()
+                await window.acquire()
+                topic, payload = await self._queue.get()
+                # Same step as the get: ``buffered`` never misses a message between the queue
+                # and ``_unacked``, so ``flush`` cannot return early.
                 msg_id = self._next_id
                 self._next_id += 1
                 self._unacked[msg_id] = (topic, payload)  # kept until acknowledged
-                await window.acquire()
-                if failed.done():
-                    failed.result()
                 launch(msg_id, topic, payload)
+
+        async def watch() -> None:
+            # A publisher subscribes to nothing, so this iterator yields nothing and raises
+            # MqttError as soon as the connection is lost. Without it a lost connection is only
+            # noticed on the next publish, or when an in-flight one times out.
+            async for _ in client.messages:
+                pass
+            raise aiomqtt.MqttError("message iterator ended")
+
+        feeder = asyncio.create_task(feed(), name="mqtt-publisher feed")
+        watcher = asyncio.create_task(watch(), name="mqtt-publisher watch")
+        try:
+            done, _ = await asyncio.wait({feeder, watcher, failed},
+                                         return_when=asyncio.FIRST_COMPLETED)
+            for fut in done:
+                fut.result()  # raises: feed and watch never return, failed only fails
         finally:
-            for task in tasks:
+            if failed.done():
+                failed.exception()  # retrieved: no "exception never retrieved" warning
+            else:
+                failed.cancel()
+            pending = [feeder, watcher, *sends]
+            for task in pending:
                 task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
 
 class MqttSubscriber(Subscriber):
@@ -206,4 +249,12 @@ class MqttSubscriber(Subscriber):
         payload = raw.payload  # type: ignore[attr-defined]
         if isinstance(payload, str):
             payload = payload.encode()
-        return self.decoder.decode_payload(payload)
+        try:
+            return self.decoder.decode_payload(payload)
+        except FrameError:
+            raise
+        except (RecursionError, ValueError, TypeError, OverflowError, MemoryError) as exc:
+            # Anything a broker hands over is untrusted: a payload the decoder trips over
+            # (e.g. JSON nested too deep for the parser) is a reject, not the end of the
+            # receive loop.
+            raise FrameError(None, "payload", f"undecodable: {type(exc).__name__}: {exc}") from exc
