@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import aiomqtt
 import numpy as np
@@ -478,3 +481,54 @@ async def amqtt_broker():
 async def test_round_trip_amqtt(amqtt_broker: str, fmt: str, qos: int):
     await round_trip(cfg(amqtt_broker, qos=qos, format=fmt),
                      cfg(amqtt_broker, qos=qos, client_id=f"opmon-test-amqtt-{fmt}"), n=100)
+
+
+# -- TLS with client certificates -----------------------------------------------------------
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def tls_material(tmp_path) -> dict[str, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    d = tmp_path / "pki"
+    d.mkdir()
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+             "/CN=opmon test CA", "-keyout", "ca.key", "-out", "ca.crt", cwd=d)
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name in ("server", "client"):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout",
+                 f"{name}.key", "-out", f"{name}.csr", cwd=d)
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", f"{name}.crt",
+                 cwd=d)
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+             "/CN=rogue", "-keyout", "rogue.key", "-out", "rogue.crt", cwd=d)
+    return {p.stem + p.suffix.replace(".", "_"): p for p in d.iterdir()}
+
+
+@servers
+@pytest.mark.timeout(60)
+async def test_tls_with_client_certificates(tmp_path, tls_material: dict[str, Path]):
+    _need_mosquitto()
+    pki = tls_material
+    server = MosquittoServer(tmp_path / "mosquitto-tls", extra=[
+        f"cafile {pki['ca_crt']}", f"certfile {pki['server_crt']}",
+        f"keyfile {pki['server_key']}", "require_certificate true", "tls_version tlsv1.2"])
+    server.start()
+    try:
+        url = f"mqtts://127.0.0.1:{server.port}"
+        tls = {"url": url, "qos": 1, "tls_ca": str(pki["ca_crt"]),
+               "tls_cert": str(pki["client_crt"]), "tls_key": str(pki["client_key"])}
+        await round_trip(TransportConfig(**tls),
+                         TransportConfig(client_id="opmon-test-tls-sub", **tls), n=50)
+        # a client whose certificate the broker's CA did not sign never connects
+        rogue = TransportConfig(**{**tls, "tls_cert": str(pki["rogue_crt"]),
+                                   "tls_key": str(pki["rogue_key"])})
+        async with publishing(rogue, close_timeout=0.5) as pub:
+            await pub.publish(make_frame(0))
+            await asyncio.sleep(2.0)
+            assert not pub.connected.is_set()
+    finally:
+        server.stop()
