@@ -11,13 +11,12 @@ The receiver subscribes to that one topic and only counts messages.
 Sender and receiver run in separate spawn processes; the sender's rate includes waiting for the
 last acknowledgement.
 
-    python bench/bench_mqtt_transport.py [--quick] [--reps N] [--profile LINES]
+    python bench/bench_mqtt_transport.py [--quick] [--reps N] [--only TEXT] [--profile LINES]
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from typing import Any
 
@@ -30,6 +29,9 @@ from common import (
     Meter,
     Row,
     Variant,
+    check_idle,
+    clocks,
+    finish_send,
     guard,
     mosquitto,
     parse_args,
@@ -73,12 +75,12 @@ def tx_framed(port: int, n: int, case: Case, qos: int) -> dict[str, Any]:
         pub = MqttPublisher(_cfg(port, qos))
         await pub.start()
         await asyncio.wait_for(pub.connected.wait(), 10)
-        t = time.perf_counter()
+        start = clocks()
         await send_frames(pub.publish, case, n)
         await pub.flush(DEADLINE_S)
-        seconds = time.perf_counter() - t
+        result = finish_send(start, pub.sent)
         await pub.close()
-        return {"sent": pub.sent, "seconds": seconds}
+        return result
     return asyncio.run(run())
 
 
@@ -99,7 +101,7 @@ def tx_raw(port: int, n: int, case: Case, qos: int) -> dict[str, Any]:
     async def run() -> dict[str, Any]:
         async with _client(port, "pub", max_inflight_messages=MAX_INFLIGHT) as client:
             client.pending_calls_threshold = MAX_INFLIGHT  # a full window is expected, not news
-            t = time.perf_counter()
+            start = clocks()
             if qos == 0:
                 for _ in range(n):
                     await client.publish(topic, payload, qos=0)
@@ -119,7 +121,7 @@ def tx_raw(port: int, n: int, case: Case, qos: int) -> dict[str, Any]:
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 await asyncio.gather(*tasks)
-            return {"sent": n, "seconds": time.perf_counter() - t}
+            return finish_send(start, n)
     return asyncio.run(run())
 
 
@@ -151,20 +153,24 @@ def main() -> None:
     args = parse_args(__doc__.split("\n\n")[0])
     reps = args.reps or (3 if args.quick else 5)
     # (case, frames per run, quick frames per run)
-    plan = [(ECHEM_100, 30_000, 2_000), (IMAGE_64KIB, 10_000, 1_000)]
+    plan = [(ECHEM_100, 10_000, 1_000), (IMAGE_64KIB, 5_000, 500)]
     print(f"MQTT framed vs raw aiomqtt; {versions()}, aiomqtt {aiomqtt.__version__}; "
           f"reps {reps}")
+    check_idle()
     rows = []
     with mosquitto() as broker_port, Bench() as bench:
         print(f"  mosquitto on 127.0.0.1:{broker_port}", flush=True)
         for case, n_full, n_quick in plan:
+            if args.only not in case.name:
+                continue
             n = n_quick if args.quick else n_full
             for qos in (1, 0):
                 framed = Variant(f"framed qos{qos}", rx_framed, tx_framed, (case, qos))
-                if args.profile:
-                    bench.profile(framed, broker_port, n, args.profile)
-                    continue
                 raw = Variant(f"raw qos{qos}", rx_raw, tx_raw, (case, qos))
+                if args.profile:
+                    for v in (framed, raw):
+                        bench.profile(v, broker_port, n, args.profile)
+                    continue
                 print(f"  {case.name}, QoS {qos}: {n:,} frames x {reps} reps ...", flush=True)
                 runs = bench.compare([framed, raw], n, reps, lambda: broker_port)
                 size = len(wire(case)[1])

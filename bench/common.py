@@ -38,7 +38,7 @@ TARGET = 0.80            # framed throughput must be >= 80 % of raw
 MB = 1e6                 # MB/s means 10^6 bytes per second
 WARMUP_FRACTION = 0.05   # frames received before the clock starts
 START_TIMEOUT_S = 15.0   # receiver: longest wait for the first frame
-IDLE_TIMEOUT_S = 0.5     # receiver: stop when nothing arrived for this long (lossy modes)
+IDLE_TIMEOUT_S = 2.0     # receiver: stop when nothing arrived for this long (frames lost)
 
 # -- payloads ---------------------------------------------------------------------------------
 
@@ -101,27 +101,46 @@ async def send_frames(publish: Callable[[Frame], Awaitable[None]], case: Case, n
 
 
 class Meter:
-    """Counts messages; the clock runs from message ``warmup`` to the last one."""
+    """Counts messages; the clock runs from message ``warmup`` to the last one. Also takes the
+    process CPU time (all threads: Python and the library's I/O threads) over the same span."""
 
-    __slots__ = ("n", "warmup", "t_start", "t_last")
+    __slots__ = ("n", "warmup", "t_start", "t_last", "cpu_start")
 
     def __init__(self, n_expected: int):
         self.n = 0
         self.warmup = max(1, int(n_expected * WARMUP_FRACTION))
         self.t_start = 0.0
         self.t_last = 0.0
+        self.cpu_start = 0.0
 
     def hit(self) -> None:
         self.n += 1
         self.t_last = now = time.perf_counter()
         if self.n == self.warmup:
             self.t_start = now
+            self.cpu_start = time.process_time()
 
     def result(self, **extra: Any) -> dict[str, Any]:
+        cpu = time.process_time() - self.cpu_start
         timed = self.n - self.warmup
         seconds = self.t_last - self.t_start
         rate = timed / seconds if timed > 0 and seconds > 0 else 0.0
-        return {"received": self.n, "rate": rate, "seconds": seconds, **extra}
+        cpu_us = cpu / timed * 1e6 if timed > 0 else 0.0
+        return {"received": self.n, "rate": rate, "seconds": seconds, "cpu_us": cpu_us, **extra}
+
+
+def clocks() -> tuple[float, float]:
+    """Start of a sender's timed part: (wall clock, process CPU time)."""
+    return time.perf_counter(), time.process_time()
+
+
+def finish_send(start: tuple[float, float], n: int) -> dict[str, Any]:
+    """End of a sender's timed part. Calls ``sent()``, so the CPU time also covers the library's
+    I/O threads finishing their work while the receiver drains."""
+    seconds = time.perf_counter() - start[0]
+    sent()
+    cpu = time.process_time() - start[1]
+    return {"sent": n, "seconds": seconds, "cpu_us": cpu / n * 1e6}
 
 
 async def guard(task: asyncio.Task, meter: Meter, deadline_s: float) -> None:
@@ -177,6 +196,14 @@ def ready(info: Any = None) -> None:
     """Called by a receiver once it can take frames: lets the orchestrator start the sender."""
     if _CONN is not None:
         _CONN.send(("ready", info))
+
+
+def sent() -> None:
+    """Called by a sender once its timed part is over. It then keeps its connection open until
+    the receiver is done: closing earlier could drop frames still queued (ZeroMQ linger)."""
+    if _CONN is not None:
+        _CONN.send(("sent", None))
+        _CONN.recv()  # released by Bench.run_once
 
 
 def _worker_main(conn: Any) -> None:
@@ -241,8 +268,9 @@ class Worker:
 class Variant:
     """One way of moving ``case`` frames: a receiver and a sender function with their args.
 
-    ``receiver(port, n, *args)`` must call ``ready()`` and return a ``Meter.result``;
-    ``sender(port, n, *args)`` returns a dict with at least ``seconds``.
+    ``receiver(port, n, *args)`` must call ``ready()`` once it can take frames and return a
+    ``Meter.result``; ``sender(port, n, *args)`` must call ``sent()`` after its timed part and
+    before closing, and return a dict with ``sent`` and ``seconds``.
     """
 
     label: str
@@ -263,6 +291,14 @@ class Runs:
     @property
     def tx_rate(self) -> float:
         return statistics.median(t["sent"] / t["seconds"] for t in self.tx if t["seconds"] > 0)
+
+    @property
+    def tx_cpu(self) -> float:
+        return statistics.median(t["cpu_us"] for t in self.tx)
+
+    @property
+    def rx_cpu(self) -> float:
+        return statistics.median(r["cpu_us"] for r in self.rx)
 
     @property
     def warnings(self) -> dict[str, int]:
@@ -298,8 +334,20 @@ class Bench:
         self.rx.submit(v.receiver, port, n, *v.args, profile=profile)
         self.rx.expect("ready", START_TIMEOUT_S)
         self.tx.submit(v.sender, port, n, *v.args, profile=profile)
+        rx = None
+        deadline = time.monotonic() + self.timeout_s
+        while not self.tx.conn.poll(0.05):  # a receiver that fails must not leave us waiting
+            if rx is None and self.rx.conn.poll():
+                rx = self.rx.expect("result", 0)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"sender: not done within {self.timeout_s:.0f} s; receiver: {rx}")
+        self.tx.expect("sent", 0)
+        try:
+            if rx is None:
+                rx = self.rx.expect("result", self.timeout_s)
+        finally:
+            self.tx.conn.send("release")
         tx = self.tx.expect("result", self.timeout_s)
-        rx = self.rx.expect("result", self.timeout_s)
         return rx, tx
 
     def compare(self, variants: list[Variant], n: int, reps: int,
@@ -317,7 +365,9 @@ class Bench:
     def profile(self, v: Variant, port: int, n: int, lines: int) -> None:
         rx, tx = self.run_once(v, port, n, profile=lines)
         for side, res in (("sender", tx), ("receiver", rx)):
-            print(f"\n=== cProfile {v.label}: {side} ({n} frames), sorted by tottime ===")
+            rate = res["rate"] if side == "receiver" else res["sent"] / res["seconds"]
+            print(f"\n=== cProfile {v.label}, {v.args[0].name}: {side}, {n:,} frames, "
+                  f"{rate:,.0f} f/s under the profiler ===")
             print(_trim_profile(res["profile"]))
 
 
@@ -375,22 +425,74 @@ def print_table(title: str, rows: list[Row]) -> None:
                 logged.setdefault(key, [0, 0])[i] += count
     for key, (n_framed, n_raw) in sorted(logged.items()):
         print(f"logged {n_framed:,}/{n_raw:,} times (framed/raw): {key!r}")
+    print_cpu_table(rows)
+
+
+def print_cpu_table(rows: list[Row]) -> None:
+    head = (f"{'CPU us per frame (process, all threads)':<40} {'sender framed':>14} {'raw':>8} "
+            f"{'receiver framed':>16} {'raw':>8} {'both framed':>12} {'raw':>8}")
+    print()
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        f_tx, r_tx, f_rx, r_rx = r.framed.tx_cpu, r.raw.tx_cpu, r.framed.rx_cpu, r.raw.rx_cpu
+        print(f"{r.case:<40} {f_tx:>14,.1f} {r_tx:>8,.1f} {f_rx:>16,.1f} {r_rx:>8,.1f} "
+              f"{f_tx + f_rx:>12,.1f} {r_tx + r_rx:>8,.1f}")
+    print("medians over repetitions; the sender's CPU runs until the receiver is done, the "
+          "receiver's over its timed span")
 
 
 def parse_args(description: str) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="fewer frames and repetitions (smoke run)")
     p.add_argument("--reps", type=int, default=None, help="repetitions per variant (median taken)")
+    p.add_argument("--only", default="", metavar="TEXT",
+                   help="run only the cases whose name contains TEXT (e.g. 'echem', 'image')")
     p.add_argument("--profile", type=int, default=0, metavar="LINES",
-                   help="instead of the table, profile one run of each framed variant with "
-                        "cProfile in both processes and print the top LINES functions")
+                   help="instead of the table, profile one run of each variant with cProfile "
+                        "in both processes and print the top LINES functions by own time")
     return p.parse_args()
 
 
 def versions() -> str:
     import zmq
     return (f"python {sys.version.split()[0]}, numpy {np.__version__}, pyzmq {zmq.__version__}, "
-            f"libzmq {zmq.zmq_version()}, {os.cpu_count()} cpus")
+            f"libzmq {zmq.zmq_version()}, {os.cpu_count()} cpus, opmon {_source_state()}")
+
+
+def _source_state() -> str:
+    """The commit the stream/ code comes from, and whether it has uncommitted changes."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, check=True,
+                              capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "stream"], cwd=root,
+                               check=True, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "(no git)"
+    return head + (" + uncommitted changes in stream/" if dirty else "")
+
+
+def _cpu_times() -> tuple[int, int]:
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+def check_idle(window_s: float = 0.5) -> None:
+    """Warn when other work is using the cores before we start: the ratios are measured in the
+    same run, but rates and ratios get noisier."""
+    try:
+        busy0, total0 = _cpu_times()
+        time.sleep(window_s)
+        busy1, total1 = _cpu_times()
+    except (OSError, ValueError, IndexError):
+        return
+    used = (busy1 - busy0) / max(1, total1 - total0)
+    if used > 0.15:
+        print(f"  warning: the cpus were {used:.0%} busy before the benchmark started; other "
+              "processes compete for the cores, so the rates will be noisy", flush=True)
 
 
 # -- network helpers ----------------------------------------------------------------------------
