@@ -74,6 +74,7 @@ def tx_framed(port: int, n: int, case: Case, scheme: str, hwm: int) -> dict[str,
             await asyncio.sleep(SLOW_JOINER_S)
         start = clocks()
         await send_frames(pub.publish, case, n)
+        await pub.flush()  # the last batch; the loop below blocks, so it would wait for close
         result = finish_send(start, n)
         await pub.close()
         return result

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from stream._fast import all_finite
 from stream.frame import Frame, FrameError
 
 from .base import Processor, ProcessorConfig
@@ -60,7 +61,7 @@ class ElectrochemProcessor(Processor):
     def process(self, frame: Frame) -> list[Frame]:
         t, voltage, current = require_arrays(frame, ("t", "voltage", "current"))
         for name, arr in (("voltage", voltage), ("current", current)):
-            if not np.isfinite(arr.sum()) and not np.isfinite(arr).all():
+            if not all_finite(arr):
                 raise FrameError(frame.stream, f"arrays.{name}", "non-finite sample")
         st = self._cells.get(frame.stream)
         if st is None:

@@ -43,6 +43,8 @@ from .frame import (
 
 MAGIC = b"OPMF"
 PREAMBLE = struct.Struct("<4sHHIqq")
+FLAG_INLINE = 1  # the arrays follow the header in the same buffer (payload form)
+PACK_BELOW_BYTES = 64 * 1024  # ZeroMQ: smaller frames travel packed in one part
 DEFAULT_MAX_PAYLOAD = 64 * 1024 * 1024
 JSON_MAX_ELEMENTS = 100_000
 _DESCRIPTOR_CACHE_SIZE = 4096
@@ -74,27 +76,48 @@ _ZEROS = bytes(8)
 _json_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
+_FLAT_META_TYPES = (str, int, float, bool, type(None))
+_ENCODE_CACHE_SIZE = 4096
+# (stream, kind, array layout) -> (units copy, meta copy, meta value types, descriptor bytes)
+_encode_cache: dict[tuple, tuple[dict, dict, tuple, bytes]] = {}
+
+
 def _descriptor_bytes(frame: Frame) -> bytes:
+    """The JSON descriptor; reused while the stream's layout, units and meta stay the same."""
+    layout = tuple((n, a.dtype.str, a.shape) for n, a in frame.arrays.items())
+    key = (frame.stream, frame.kind, layout)
+    meta = frame.meta
+    hit = _encode_cache.get(key)
+    # 1 == 1.0 == True, so the value types must match too; nested meta is never cached
+    if hit is not None and hit[0] == frame.units and hit[1] == meta and \
+            hit[2] == tuple(map(type, meta.values())):
+        return hit[3]
     desc = {
         "stream": frame.stream,
         "kind": frame.kind,
         "arrays": [array_spec(n, a) for n, a in frame.arrays.items()],
         "units": frame.units,
-        "meta": frame.meta,
+        "meta": meta,
     }
     try:
-        return _json_encode(desc).encode()
+        raw = _json_encode(desc).encode()
     except (TypeError, ValueError) as exc:
         raise FrameError(frame.stream, "meta", f"not JSON-serialisable: {exc}") from exc
+    types = tuple(map(type, meta.values()))
+    if all(t in _FLAT_META_TYPES for t in types):
+        if len(_encode_cache) >= _ENCODE_CACHE_SIZE:
+            _encode_cache.clear()
+        _encode_cache[key] = (dict(frame.units), dict(meta), types, raw)
+    return raw
 
 
 def _contiguous(frame: Frame) -> list[np.ndarray]:
     return [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in frame.arrays.values()]
 
 
-def encode_header(frame: Frame) -> bytes:
+def encode_header(frame: Frame, flags: int = 0) -> bytes:
     desc = _descriptor_bytes(frame)
-    return PREAMBLE.pack(MAGIC, frame.v, 0, len(desc), frame.seq, frame.t0_ns) + desc
+    return PREAMBLE.pack(MAGIC, frame.v, flags, len(desc), frame.seq, frame.t0_ns) + desc
 
 
 def encode_multipart(frame: Frame, topic: bytes) -> list[Any]:
@@ -102,9 +125,17 @@ def encode_multipart(frame: Frame, topic: bytes) -> list[Any]:
     return [topic, encode_header(frame), *_contiguous(frame)]
 
 
+def encode_parts(frame: Frame) -> list[Any]:
+    """A frame's parts in a ZeroMQ message: one packed part (payload form) for small frames,
+    header + zero-copy array parts for large ones."""
+    if sum(a.nbytes for a in frame.arrays.values()) < PACK_BELOW_BYTES:
+        return [encode_payload(frame)]
+    return [encode_header(frame), *_contiguous(frame)]
+
+
 def encode_payload(frame: Frame) -> bytes:
     """Single-payload binary form (MQTT, recordings)."""
-    header = encode_header(frame)
+    header = encode_header(frame, FLAG_INLINE)
     parts: list[bytes | memoryview] = [header, _ZEROS[: _pad8(len(header))]]
     for arr in _contiguous(frame):
         mv = memoryview(arr).cast("B") if arr.size else b""
@@ -147,6 +178,7 @@ class FrameDecoder:
     def __init__(self, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD):
         self.max_payload_bytes = max_payload_bytes
         self._cache: dict[tuple[int, bytes], _Descriptor] = {}
+        self.flags = 0
 
     # -- descriptor -----------------------------------------------------------------------
     def _descriptor(self, raw: bytes, version: int) -> _Descriptor:
@@ -164,9 +196,10 @@ class FrameDecoder:
         return desc
 
     def _split_header(self, header: bytes | memoryview) -> tuple[_Descriptor, int, int, int]:
+        """Descriptor, seq, t0_ns and the end offset of the header; ``self.flags`` is set."""
         if len(header) < PREAMBLE.size:
             raise FrameError(None, "header", f"{len(header)} bytes is shorter than the preamble")
-        magic, version, _flags, desc_len, seq, t0_ns = PREAMBLE.unpack_from(header)
+        magic, version, self.flags, desc_len, seq, t0_ns = PREAMBLE.unpack_from(header)
         if magic != MAGIC:
             raise FrameError(None, "header", f"bad magic {bytes(magic)!r}, expected {MAGIC!r}")
         end = PREAMBLE.size + desc_len
@@ -185,24 +218,53 @@ class FrameDecoder:
     # -- wire forms -----------------------------------------------------------------------
     def decode_multipart(self, parts: list[Any]) -> Frame:
         """``parts`` = [header, buf...] (topic already removed); zmq.Frame, bytes or memoryview."""
+        frames, error = self.decode_batch(parts)
+        if error is not None:
+            raise error
+        if len(frames) != 1:
+            raise FrameError(frames[0].stream, "arrays",
+                             f"{len(parts) - 1} buffers sent, more than the header declares")
+        return frames[0]
+
+    def decode_batch(self, parts: list[Any]) -> tuple[list[Frame], FrameError | None]:
+        """One ZeroMQ message may carry several frames: [header, bufs..., header, bufs...].
+        Returns the frames decoded and the error that stopped decoding, if any (the parts after
+        a bad frame cannot be aligned, so they are not decoded)."""
+        frames: list[Frame] = []
         if not parts:
-            raise FrameError(None, "header", "empty message")
-        bufs = [_bytes_view(p.buffer if hasattr(p, "buffer") else p) for p in parts]
-        self._check_size(sum(len(b) for b in bufs))
-        desc, seq, t0_ns, end = self._split_header(bufs[0])
-        if end != len(bufs[0]):
-            raise FrameError(desc.stream, "header", "trailing bytes after the descriptor")
-        if len(bufs) - 1 != len(desc.specs):
-            raise FrameError(desc.stream, "arrays",
-                             f"{len(desc.specs)} arrays declared, {len(bufs) - 1} buffers sent")
-        arrays = {}
-        for spec, buf in zip(desc.specs, bufs[1:], strict=True):
-            if len(buf) != spec.nbytes:
-                raise FrameError(desc.stream, f"arrays.{spec.name}",
-                                 f"byte length {len(buf)} != {spec.dtype.str} x {list(spec.shape)}"
-                                 f" = {spec.nbytes}")
-            arrays[spec.name] = np.frombuffer(buf, dtype=spec.dtype).reshape(spec.shape)
-        return _finish(desc, seq, t0_ns, arrays)
+            return frames, FrameError(None, "header", "empty message")
+        # zmq.Frame.buffer is already a flat byte view
+        bufs = [p.buffer if hasattr(p, "buffer") else _bytes_view(p) for p in parts]
+        try:
+            self._check_size(sum([b.nbytes for b in bufs]))
+            i, n = 0, len(bufs)
+            while i < n:
+                header = bufs[i]
+                desc, seq, t0_ns, end = self._split_header(header)
+                if self.flags & FLAG_INLINE:
+                    frames.append(self._inline(header, desc, seq, t0_ns, end))
+                    i += 1
+                    continue
+                if end != header.nbytes:
+                    raise FrameError(desc.stream, "header", "trailing bytes after the descriptor")
+                n_arrays = len(desc.specs)
+                if i + 1 + n_arrays > n:
+                    raise FrameError(desc.stream, "arrays",
+                                     f"{n_arrays} arrays declared, {n - i - 1} buffers sent")
+                arrays = {}
+                for k, spec in enumerate(desc.specs, start=i + 1):
+                    buf = bufs[k]
+                    if buf.nbytes != spec.nbytes:
+                        raise FrameError(desc.stream, f"arrays.{spec.name}",
+                                         f"byte length {buf.nbytes} != {spec.dtype.str} x "
+                                         f"{list(spec.shape)} = {spec.nbytes}")
+                    arr = np.frombuffer(buf, dtype=spec.dtype)
+                    arrays[spec.name] = arr if len(spec.shape) == 1 else arr.reshape(spec.shape)
+                frames.append(_finish(desc, seq, t0_ns, arrays))
+                i += 1 + n_arrays
+        except FrameError as exc:
+            return frames, exc
+        return frames, None
 
     def decode_payload(self, payload: bytes | memoryview) -> Frame:
         """Binary single payload or plain JSON (detected by the first byte)."""
@@ -210,20 +272,27 @@ class FrameDecoder:
         if len(payload) and payload[0] in (0x7B, 0x20, 0x0A, 0x0D, 0x09):  # '{' or whitespace
             return self.decode_json(payload)
         desc, seq, t0_ns, offset = self._split_header(payload)
+        return self._inline(payload, desc, seq, t0_ns, offset)
+
+    def _inline(self, payload: bytes | memoryview, desc: _Descriptor, seq: int, t0_ns: int,
+                offset: int) -> Frame:
+        """The arrays that follow the header inside ``payload``, as views."""
+        size = len(payload)
         offset += _pad8(offset)
         arrays = {}
         for spec in desc.specs:
             end = offset + spec.nbytes
-            if end > len(payload):
+            if end > size:
                 raise FrameError(desc.stream, f"arrays.{spec.name}",
                                  f"payload truncated: needs {spec.nbytes} bytes at offset {offset},"
-                                 f" {max(0, len(payload) - offset)} present")
-            arrays[spec.name] = np.frombuffer(payload, dtype=spec.dtype, count=math.prod(spec.shape),
-                                              offset=offset).reshape(spec.shape)
+                                 f" {max(0, size - offset)} present")
+            arr = np.frombuffer(payload, dtype=spec.dtype, count=spec.nbytes // spec.dtype.itemsize,
+                                offset=offset)
+            arrays[spec.name] = arr if len(spec.shape) == 1 else arr.reshape(spec.shape)
             offset = end + _pad8(spec.nbytes)
-        if len(payload) > offset:
+        if size > offset:
             raise FrameError(desc.stream, "payload",
-                             f"{len(payload)} bytes, expected {offset} from dtype x shape")
+                             f"{size} bytes, expected {offset} from dtype x shape")
         return _finish(desc, seq, t0_ns, arrays)
 
     def decode_json(self, payload: bytes | memoryview | str) -> Frame:

@@ -228,3 +228,24 @@ def test_json_strings_in_numeric_arrays_are_rejected() -> None:
     doc["data"]["voltage"][0] = "3.7"
     err = _reject(FrameDecoder().decode_json, json.dumps(doc))
     assert err.field == "data.voltage"
+
+
+def test_zeromq_batch_of_packed_and_zero_copy_frames() -> None:
+    from stream.codec import PACK_BELOW_BYTES, encode_parts
+    small = [echem_frame(seq=s) for s in range(3)]
+    big = Frame("e/c/detector", "image", 0, 5,
+                {"image": np.arange(PACK_BELOW_BYTES, dtype=np.uint16).reshape(256, -1)})
+    parts = [p for f in (small[0], big, small[1], small[2]) for p in encode_parts(f)]
+    assert len(parts) == 1 + 2 + 1 + 1  # small frames packed, the image as header + buffer
+    frames, error = FrameDecoder().decode_batch(parts)
+    assert error is None
+    for got, want in zip(frames, (small[0], big, small[1], small[2]), strict=True):
+        assert_frames_equal(got, want)
+
+
+def test_bad_frame_inside_a_batch_keeps_the_frames_before_it() -> None:
+    from stream.codec import encode_parts
+    good = [encode_parts(echem_frame(seq=s))[0] for s in range(3)]
+    frames, error = FrameDecoder().decode_batch([good[0], good[1][:-16], good[2]])
+    assert [f.seq for f in frames] == [0]
+    assert error is not None and error.stream == "exp1/cell01/potentiostat"

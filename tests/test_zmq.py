@@ -62,7 +62,7 @@ async def test_big_detector_frame(port: int) -> None:
 
 
 async def test_slow_subscriber_loss_is_counted(port: int) -> None:
-    url = f"zmq+pubsub://127.0.0.1:{port}?hwm=20"
+    url = f"zmq+pubsub://127.0.0.1:{port}?hwm=2"  # messages; up to 64 frames each
     pub = open_publisher(url)
     sub = open_subscriber(url, ["opmon/exp1/#"])
     ready = asyncio.create_task(_collect(sub, 1, timeout=5))
@@ -74,8 +74,10 @@ async def test_slow_subscriber_loss_is_counted(port: int) -> None:
     await ready
     n = 3000
     slow = asyncio.create_task(_collect(sub, n, timeout=8, delay=0.001))
-    for s in range(n):
-        await pub.publish(echem_frame(seq=s))
+    for s in range(n):  # bursts of 24 kB frames: far more than the socket buffers hold
+        await pub.publish(echem_frame(seq=s, n=1000))
+        if s % 300 == 299:
+            await asyncio.sleep(0.05)
     got = await slow
     st = sub.tracker.streams[("exp1/cell01/potentiostat", "echem")]
     received = [f.seq for f in got if f.stream == "exp1/cell01/potentiostat"]

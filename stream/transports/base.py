@@ -25,7 +25,9 @@ class TransportConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str
-    hwm: int = 10_000                      # ZeroMQ high-water mark (frames), both ends
+    hwm: int = 10_000                      # ZeroMQ high-water mark (messages), both ends
+    max_batch_frames: int = 64             # ZeroMQ: frames sent back to back share a message
+    max_batch_bytes: int = 1 << 20
     bind: Literal["auto", "publisher", "subscriber"] = "auto"
     qos: Literal[0, 1] = 1                 # MQTT
     format: Literal["binary", "json"] = "binary"  # MQTT payload form
@@ -88,6 +90,9 @@ class Publisher(ABC):
     @abstractmethod
     async def publish(self, frame: Frame) -> None: ...
 
+    async def flush(self) -> None:  # noqa: B027 - optional hook
+        """Hand everything published so far to the transport."""
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         pass
 
@@ -119,10 +124,11 @@ class Subscriber(ABC):
 
     @abstractmethod
     def _raw(self) -> AsyncIterator[object]:
-        """Yields raw messages; ``_decode`` turns one into a Frame."""
+        """Yields raw messages; ``_decode`` turns one into frames."""
 
     @abstractmethod
-    def _decode(self, raw: object) -> Frame: ...
+    def _decode(self, raw: object) -> list[Frame]:
+        """The frames of one message; raises FrameError if none can be decoded."""
 
     def reject(self, where: str, exc: Exception) -> None:
         self.rejects += 1
@@ -133,13 +139,20 @@ class Subscriber(ABC):
     async def __aiter__(self) -> AsyncIterator[Frame]:
         async for raw in self._raw():
             try:
-                frame = self._decode(raw)
+                frames = self._decode(raw)
             except FrameError as exc:
                 self.reject(self.cfg.url, exc)
                 continue
-            self.received += 1
-            if self.tracker.observe(frame):
-                yield frame
+            except (RecursionError, ValueError, TypeError, OverflowError, MemoryError) as exc:
+                # whatever arrives is untrusted: a message the decoder trips over is a reject,
+                # never the end of the receive loop
+                self.reject(self.cfg.url, FrameError(None, "payload",
+                                                     f"undecodable: {type(exc).__name__}: {exc}"))
+                continue
+            for frame in frames:
+                self.received += 1
+                if self.tracker.observe(frame):
+                    yield frame
 
     async def __aenter__(self) -> Subscriber:
         await self.start()

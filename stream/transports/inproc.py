@@ -64,6 +64,6 @@ class InprocSubscriber(Subscriber):
                 return
             yield item
 
-    def _decode(self, raw: object) -> Frame:
+    def _decode(self, raw: object) -> list[Frame]:
         assert isinstance(raw, Frame)
-        return raw
+        return [raw]

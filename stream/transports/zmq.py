@@ -6,6 +6,7 @@ binds for PUSH/PULL (many adapters push into one worker). ``bind`` overrides thi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import zmq
 import zmq.asyncio
 
-from ..codec import encode_multipart
+from ..codec import encode_parts
 from ..frame import Frame
 from ..topics import mqtt_matches, topic_for, zmq_prefix
 from .base import Publisher, Subscriber, TransportConfig
@@ -76,21 +77,88 @@ class _ZmqEnd:
 
 
 class ZmqPublisher(Publisher):
+    """Sends each frame as soon as the event loop gets to it. A frame under 64 KiB travels as one
+    packed part (header and arrays, the payload form); a larger one as a header part followed by
+    its arrays, zero-copy. Frames published back to back (a replay, a backlog) go out together
+    in one ZeroMQ message, ``[topic, frame parts, frame parts, ...]``, up to ``max_batch_frames`` frames or ``max_batch_bytes``. A batch holds
+    consecutive frames only, so order is kept; on PUB/SUB they also share one topic, so
+    subscriptions filter exactly. An idle link adds no latency: a lone frame leaves on the next
+    turn of the event loop."""
+
     def __init__(self, cfg: TransportConfig):
         super().__init__(cfg)
-        stype = zmq.PUB if cfg.scheme == "zmq+pubsub" else zmq.PUSH
-        self._end = _ZmqEnd(cfg, "publisher", stype)
+        self.pubsub = cfg.scheme == "zmq+pubsub"
+        self._end = _ZmqEnd(cfg, "publisher", zmq.PUB if self.pubsub else zmq.PUSH)
+        self._raw_sock = zmq.Socket.shadow(self._end.sock.underlying)
         self._topics: dict[tuple[str, str], bytes] = {}
+        self._batch: list = []
+        self._batch_topic = b""
+        self._batch_frames = 0
+        self._batch_bytes = 0
+        self._flush_handle: asyncio.Handle | None = None
+        self._sending: asyncio.Future | None = None
+        self.messages = 0
 
     async def publish(self, frame: Frame) -> None:
         key = (frame.stream, frame.kind)
         topic = self._topics.get(key)
         if topic is None:
             topic = self._topics[key] = topic_for(frame).encode()
-        await self._end.sock.send_multipart(encode_multipart(frame, topic), copy=False)
+        parts = encode_parts(frame)
+        size = sum(a.nbytes for a in frame.arrays.values())
+        if self._batch and (self._batch_frames >= self.cfg.max_batch_frames
+                            or self._batch_bytes + size > self.cfg.max_batch_bytes
+                            or (self.pubsub and topic != self._batch_topic)):
+            await self.flush()
+        if not self._batch:
+            self._batch.append(topic)
+            self._batch_topic = topic
+        self._batch.extend(parts)
+        self._batch_frames += 1
+        self._batch_bytes += size
         self.sent += 1
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush_now)
+
+    def _take_batch(self) -> list:
+        batch, self._batch = self._batch, []
+        self._batch_frames = self._batch_bytes = 0
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        return batch
+
+    def _flush_now(self) -> None:
+        """Event-loop callback: send what is pending without waiting, else hand it to a task."""
+        self._flush_handle = None
+        if self._batch and (self._sending is None or self._sending.done()):
+            batch = self._take_batch()
+            if not self._try_send(batch):
+                self._sending = asyncio.ensure_future(self._send_waiting(batch))
+
+    def _try_send(self, batch: list) -> bool:
+        try:
+            self._raw_sock.send_multipart(batch, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
+        self.messages += 1
+        return True
+
+    async def _send_waiting(self, batch: list) -> None:
+        await self._end.sock.send_multipart(batch, copy=False)
+        self.messages += 1
+
+    async def flush(self) -> None:
+        if self._sending is not None:
+            await self._sending  # keeps order behind a send still waiting for the socket
+            self._sending = None
+        if self._batch:
+            batch = self._take_batch()
+            if not self._try_send(batch):  # HWM reached: PUSH waits here (backpressure)
+                await self._send_waiting(batch)
 
     async def close(self) -> None:
+        await self.flush()
         self._end.close_socket()
 
 
@@ -102,19 +170,37 @@ class ZmqSubscriber(Subscriber):
         if pubsub:
             for prefix in {zmq_prefix(t) for t in topics}:
                 self._end.sock.setsockopt(zmq.SUBSCRIBE, prefix)
-        # ZeroMQ filters by prefix only; finer MQTT-style patterns are checked here.
-        self._exact = all(t.endswith("#") and "+" not in t for t in topics)
+        # ZeroMQ filters by prefix only; finer MQTT-style patterns are checked per frame.
+        self._exact = topics in (["opmon/#"], ["#"]) or (
+            pubsub and all(t.endswith("#") and "+" not in t for t in topics))
+        self.messages = 0
 
     async def _raw(self) -> AsyncIterator[object]:
         sock = self._end.sock
+        raw = zmq.Socket.shadow(sock.underlying)
+        burst = 0
         while True:
-            parts = await sock.recv_multipart(copy=False)
-            if self._exact or any(mqtt_matches(p, parts[0].bytes.decode(errors="replace"))
-                                  for p in self.topics):
-                yield parts
+            try:  # take what is already queued without a trip through the event loop
+                parts = raw.recv_multipart(zmq.NOBLOCK, copy=False)
+                burst += 1
+                if burst >= 64:
+                    burst = 0
+                    await asyncio.sleep(0)  # let other tasks run during a long burst
+            except zmq.Again:
+                burst = 0
+                parts = await sock.recv_multipart(copy=False)
+            self.messages += 1
+            yield parts
 
-    def _decode(self, raw: object) -> Frame:
-        return self.decoder.decode_multipart(raw[1:])  # type: ignore[index]
+    def _decode(self, raw: object) -> list[Frame]:
+        frames, error = self.decoder.decode_batch(raw[1:])  # type: ignore[index]
+        if error is not None:
+            if not frames:
+                raise error
+            self.reject(self.cfg.url, error)
+        if not self._exact:
+            frames = [f for f in frames if any(mqtt_matches(p, topic_for(f)) for p in self.topics)]
+        return frames
 
     async def close(self) -> None:
         self._end.close_socket()
