@@ -179,10 +179,21 @@ class MqttPublisher(Publisher):
             sends.add(task)
             task.add_done_callback(sends.discard)
 
+        async def send_inline(msg_id: int, topic: str, payload: bytes) -> None:
+            # QoS 0 has nothing to wait for: no task per message
+            await client.publish(topic, payload, qos=0)
+            window.release()
+            self._unacked.pop(msg_id, None)
+            self.sent += 1
+            if not self.buffered:
+                self._idle.set()
+
+        dispatch = launch if self.cfg.qos else send_inline
+
         async def feed() -> None:
             for msg_id, (topic, payload) in list(self._unacked.items()):  # re-send, oldest first
                 await window.acquire()
-                launch(msg_id, topic, payload)
+                await _maybe(dispatch(msg_id, topic, payload))
             while True:
                 await window.acquire()
                 topic, payload = await self._queue.get()
@@ -191,7 +202,7 @@ class MqttPublisher(Publisher):
                 msg_id = self._next_id
                 self._next_id += 1
                 self._unacked[msg_id] = (topic, payload)  # kept until acknowledged
-                launch(msg_id, topic, payload)
+                await _maybe(dispatch(msg_id, topic, payload))
 
         async def watch() -> None:
             # A publisher subscribes to nothing, so this iterator yields nothing and raises
@@ -217,6 +228,11 @@ class MqttPublisher(Publisher):
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def _maybe(result: object) -> None:
+    if asyncio.iscoroutine(result):
+        await result
 
 
 class MqttSubscriber(Subscriber):
