@@ -25,9 +25,12 @@ class TransportConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str
-    hwm: int = 10_000                      # ZeroMQ high-water mark (messages), both ends
+    # ZeroMQ high-water mark in messages, each end. A message holds up to max_batch_frames
+    # frames or max_batch_bytes of arrays (a larger frame travels alone), so each end queues at
+    # most about hwm x max(max_batch_bytes, largest frame) bytes.
+    hwm: int = 1000
     max_batch_frames: int = 64             # ZeroMQ: frames sent back to back share a message
-    max_batch_bytes: int = 1 << 20
+    max_batch_bytes: int = 4 << 20
     bind: Literal["auto", "publisher", "subscriber"] = "auto"
     qos: Literal[0, 1] = 1                 # MQTT
     format: Literal["binary", "json"] = "binary"  # MQTT payload form
