@@ -25,6 +25,10 @@ def build_sources(cfg: OpmonConfig, clock: Any = None) -> list[Source]:
             stream = f"{cfg.experiment.id}/{cell.id}/{inst.id}"
             kwargs = {"clock": clock} if "clock" in inspect.signature(cls).parameters else {}
             sources.append(cls(stream, cls.Config.model_validate(inst.params), **kwargs))
+    from adapters.sim.experiment import ScenarioSource
+    for sim in cfg.simulations:
+        sources.append(ScenarioSource(cfg.experiment.id, sim.scenario, sim.cells, sim.seed, clock,
+                                      sim.duration_s))
     for i, inp in enumerate(cfg.inputs):
         data = inp.model_dump(exclude={"topics"})
         sub = open_subscriber(TransportConfig(**data), inp.topics)

@@ -59,7 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .build import build_node, build_sources
-    from .demo import demo_config, new_run_dir
+    from .demo import DEFAULT_SCENARIO, demo_config, new_run_dir
 
     run_dir = Path(args.out) if args.out else new_run_dir(args.runs)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -73,13 +73,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     sources = build_sources(cfg)
     node = build_node(cfg, sources=sources)
     wall = args.duration / args.speed
-    print(f"opmon demo: {args.cells} simulated cells, {args.duration / 3600:.2f} h of cycling at "
+    print(f"opmon demo: scenario {DEFAULT_SCENARIO!r}, {args.cells} simulated cells with "
+          f"potentiostat, pressure cell and OEMS, {args.duration / 3600:.2f} h of cycling at "
           f"{args.speed:g}x ({'as fast as possible' if math.isinf(wall) else f'~{wall:.0f} s'})"
-          f", one cell with an injected internal short.\nrun folder: {run_dir}", flush=True)
+          f".\nInjected: a thermal-runaway precursor on cell01 at 1 h, a hard short on cell03 at "
+          f"1.5 h, an OEMS clock offset.\nrun folder: {run_dir}", flush=True)
     t0 = time.monotonic()
     snapshot = asyncio.run(node.run())
     elapsed = time.monotonic() - t0
-    truth = [{"stream": s.stream, **g} for s in sources for g in getattr(s, "ground_truth", [])]
+    truth = [g for s in sources for g in getattr(s, "ground_truth", [])]
     (run_dir / "ground_truth.json").write_text(json.dumps(truth, indent=2))
     console = next((s for s in node.sinks if s.type_name == "console"), None)
     summary = {"elapsed_s": elapsed, "stages": snapshot, "ground_truth": truth,
@@ -95,6 +97,58 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"  recording.mcap  (opmon inspect {run_dir}/recording.mcap)\n"
           f"  results.lp      (InfluxDB line protocol)\n  health.lp, summary.json, "
           f"ground_truth.json, config.toml")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from adapters.sim.clock import SimClock
+    from adapters.sim.experiment import ScenarioSource, load_scenario, scenario_names
+
+    if args.list:
+        for name in scenario_names():
+            print(f"{name:28s} {load_scenario(name).description}")
+        return 0
+    if not args.scenario:
+        raise SystemExit("opmon simulate: give a SCENARIO (or --list)")
+    if not (args.to or args.out):
+        raise SystemExit("opmon simulate: give --to URL (publish live) or --out FILE.mcap")
+    speed = math.inf if args.out and not args.to else args.speed
+    source = ScenarioSource(args.experiment, args.scenario, args.cells, args.seed,
+                            SimClock(None, speed), args.duration)
+
+    async def run() -> int:
+        from .recording import RecordingWriter
+        from .transports import open_publisher
+        bar = _progress(None, "simulate")
+        writer = RecordingWriter(args.out) if args.out else None
+        pub = open_publisher(args.to) if args.to else None
+        n = 0
+        try:
+            if pub:
+                await pub.start()
+            async for frame in source.frames():
+                if writer:
+                    writer.write(frame, log_time_ns=int(frame.times_ns()[-1]))
+                if pub:
+                    await pub.publish(frame)
+                n += 1
+                bar.update()
+        finally:
+            if pub:
+                await pub.close()
+            if writer:
+                writer.add_metadata("ground_truth", {"json": json.dumps(source.ground_truth)})
+                writer.close()
+            bar.close()
+        return n
+
+    n = asyncio.run(run())
+    truth_path = Path(args.out).with_suffix(".truth.json") if args.out else None
+    if truth_path:
+        truth_path.write_text(json.dumps(source.ground_truth, indent=2))
+    print(f"simulated {source.sim.t:.0f} s of {args.scenario} on {args.cells} cells: {n} frames"
+          + (f" -> {args.out} (ground truth in {truth_path})" if args.out else "")
+          + (f" -> {args.to}" if args.to else ""))
     return 0
 
 
@@ -146,8 +200,7 @@ def _offline_config(args: argparse.Namespace) -> OpmonConfig:
     if args.config:
         return load_config(args.config)
     from .demo import demo_config
-    data = demo_config(Path(args.out))
-    data["cells"] = []
+    data = demo_config(Path(args.out), cells=0)
     data["sinks"] = []
     return parse_config(data, "<default processors>")
 
@@ -226,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Simulated experiment on the embedded in-process default; "
                        "no broker or database needed. Leaves a run folder.")
     s.add_argument("--duration", type=parse_duration, default=DEFAULT_DURATION_S,
-                   help="simulated experiment length, e.g. 90m, 4h (default 4h)")
+                   help="simulated experiment length, e.g. 90m, 4h (default 2h)")
     s.add_argument("--speed", type=parse_speed, default=DEFAULT_SPEED,
                    help=f"simulation speed factor, or 'max' (default {DEFAULT_SPEED:g})")
     s.add_argument("--cells", type=int, default=4, help="number of cells (default 4)")
@@ -267,6 +320,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="processed",
                    help="output folder for results.lp (default ./processed)")
     s.set_defaults(func=cmd_process)
+
+    s = sub.add_parser("simulate", help="run a simulated experiment from a named scenario",
+                       description="Publishes live (--to URL, paced by --speed) or writes a "
+                       "recording directly (--out FILE.mcap, as fast as possible), with the "
+                       "scenario's ground truth.")
+    s.add_argument("scenario", nargs="?", help="scenario name or TOML file (see --list)")
+    s.add_argument("--list", action="store_true", help="list the named scenarios")
+    s.add_argument("--cells", type=int, default=4, help="number of cells (default 4)")
+    s.add_argument("--speed", type=parse_speed, default=1.0,
+                   help="speed factor for live publishing, or 'max' (default 1)")
+    s.add_argument("--duration", type=parse_duration, help="override the scenario's duration")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--experiment", default="sim", help="experiment id (default sim)")
+    s.add_argument("--to", help="transport URL to publish on")
+    s.add_argument("--out", help="MCAP recording to write")
+    s.set_defaults(func=cmd_simulate)
 
     s = sub.add_parser("inspect", help="summarise a recording")
     s.add_argument("file", help="MCAP recording")

@@ -59,6 +59,14 @@ class SimSection(_Strict):
         return self.speed
 
 
+class SimulationSection(_Strict):
+    """A simulated experiment from a named scenario (``opmon simulate --list``)."""
+    scenario: str
+    cells: int = Field(1, ge=1)
+    seed: int = 0
+    duration_s: float | None = None
+
+
 class InputSection(TransportConfig):
     topics: list[str] = ["opmon/#"]
 
@@ -75,6 +83,7 @@ class OpmonConfig(_Strict):
     node: NodeSection = NodeSection()
     sim: SimSection = SimSection()
     cells: list[CellSection] = []
+    simulations: list[SimulationSection] = []
     inputs: list[InputSection] = []
     processors: list[PluginSection] = []
     sinks: list[PluginSection] = []
@@ -151,6 +160,11 @@ def check_plugins(cfg: OpmonConfig) -> None:
             except KeyError as exc:
                 raise ConfigError(f"{where}: {key}.adapter: {exc.args[0]}") from None
             validate_section(cls.Config, inst.params, where, f"{key}.params")
+    from adapters.sim.experiment import scenario_names
+    for i, sim in enumerate(cfg.simulations):
+        if sim.scenario not in scenario_names() and not sim.scenario.endswith(".toml"):
+            raise ConfigError(f"{where}: simulations[{i}].scenario: unknown scenario "
+                              f"{sim.scenario!r}; known: {scenario_names()}")
     for section, lookup in (("processors", processor_class), ("sinks", sink_class)):
         for i, plugin in enumerate(getattr(cfg, section)):
             try:

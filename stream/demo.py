@@ -8,31 +8,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-DEFAULT_DURATION_S = 4 * 3600.0
-DEFAULT_SPEED = 600.0
+DEFAULT_DURATION_S = 2 * 3600.0
+DEFAULT_SPEED = 300.0
+DEFAULT_SCENARIO = "thermal-runaway-precursor"
 
 
 def demo_config(run_dir: Path, cells: int = 4, duration_s: float = DEFAULT_DURATION_S,
-                speed: float | str = DEFAULT_SPEED, start_ns: int | None = None) -> dict[str, Any]:
+                speed: float | str = DEFAULT_SPEED, start_ns: int | None = None,
+                scenario: str = DEFAULT_SCENARIO) -> dict[str, Any]:
     """The embedded demo as a config dict (``opmon demo --print-config`` prints it as TOML)."""
-    cell_sections = []
-    for i in range(cells):
-        params: dict[str, Any] = {
-            "duration_s": duration_s,
-            "seed": 1000 + i,
-            "cell": {"capacity_Ah": 0.05 * (1 + 0.02 * i), "charge_c_rate": 2.0,
-                     "discharge_c_rate": 2.0, "rest_s": 300.0},
-        }
-        if i == 2 % max(cells, 1):  # one cell develops a hard internal short
-            params["faults"] = [{"kind": "hard_short", "at_s": round(duration_s * 0.6, 1),
-                                 "resistance_ohm": 0.05}]
-        cell_sections.append({"id": f"cell{i + 1:02d}", "instruments": [
-            {"id": "potentiostat", "adapter": "sim.potentiostat", "params": params}]})
     return {
-        "experiment": {"id": "demo", "description": "opmon demo: simulated multi-cell cycling"},
+        "experiment": {"id": "demo", "description": f"opmon demo: scenario {scenario}"},
         "node": {"queue_size": 1024, "health_interval_s": 2.0},
         "sim": {"speed": speed, **({"start_ns": start_ns} if start_ns is not None else {})},
-        "cells": cell_sections,
+        "simulations": [{"scenario": scenario, "cells": cells, "seed": 7,
+                         "duration_s": duration_s}] if cells else [],
         "processors": [{"type": "electrochem"}],
         "alerts": [
             {"name": "voltage_collapse", "kind": "result.echem", "field": "voltage", "op": "<",
@@ -41,6 +31,9 @@ def demo_config(run_dir: Path, cells: int = 4, duration_s: float = DEFAULT_DURAT
             {"name": "over_temperature", "kind": "echem", "field": "temperature", "op": ">",
              "threshold": 45.0, "hysteresis": 2.0, "for_s": 3.0, "severity": "critical",
              "labels": {"fault": "thermal"}},
+            {"name": "pressure_rise", "kind": "pressure", "field": "pressure", "op": ">",
+             "threshold": 1.05e5, "hysteresis": 1e3, "for_s": 5.0, "severity": "warning",
+             "labels": {"fault": "gassing"}},
         ],
         "sinks": [
             {"type": "record", "path": str(run_dir / "recording.mcap")},

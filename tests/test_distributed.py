@@ -47,7 +47,7 @@ async def test_adapter_node_to_worker_node_over_zeromq(tmp_path) -> None:
     adapter_node = {**base, "processors": [], "alerts": [], "sinks": [
         {"type": "publish", "kinds": ["echem"],
          "transport": {"url": f"zmq+pushpull://127.0.0.1:{port}"}}]}
-    worker = {**base, "cells": [],
+    worker = {**base, "simulations": [],
               "inputs": [{"url": f"zmq+pushpull://127.0.0.1:{port}"}],
               "sinks": [{"type": "lineprotocol", "path": str(tmp_path / "worker.lp")}]}
     for name, data in (("single", single), ("adapter", adapter_node), ("worker", worker)):
@@ -62,7 +62,7 @@ async def test_adapter_node_to_worker_node_over_zeromq(tmp_path) -> None:
     cfg = parse_config(adapter_node, "adapter")
     await build_node(cfg, sources=build_sources(cfg, SimClock(start, math.inf)),
                      handle_signals=False).run()
-    expected = 2 * 1800
+    expected = 2 * 1800  # one echem block per cell and second
     for _ in range(400):
         if worker_node.stats["process"].frames_in >= expected:
             break

@@ -43,7 +43,7 @@ def _live_run(tmp_path: Path) -> tuple[Path, Path]:
 def test_record_replay_process_identical(tmp_path: Path) -> None:
     cfg_path, live = _live_run(tmp_path)
     live_results = (live / "results.lp").read_text()
-    assert "result_cycle" in live_results and "alert" in live_results
+    assert "result_half_cycle" in live_results and "alert" in live_results
 
     # offline: no transport
     assert main(["process", str(live / "recording.mcap"), "-c", str(cfg_path),
@@ -179,6 +179,6 @@ def test_demo_sources_are_deterministic() -> None:
         return asyncio.run(go())
 
     a, b = run_once(), run_once()
-    assert len(a) == len(b) == 1200
+    assert len(a) == len(b) == 2 * 600 * 3  # potentiostat, pressure and OEMS per cell-second
     for x, y in zip(a, b, strict=True):
         assert_frames_equal(x, y)

@@ -107,11 +107,10 @@ def step_cells(state: np.ndarray, params: np.ndarray, protocol: np.ndarray, n_ro
                 if fk == F_NONE or t < faults[c, f, 1] or t >= faults[c, f, 2]:
                     continue
                 mag = faults[c, f, 3]
-                if fk == F_HARD_SHORT or fk == F_SELF_DISCHARGE:
+                if fk in (F_HARD_SHORT, F_SELF_DISCHARGE, F_SOFT_SHORT):
                     r_isc = min(r_isc, mag)
-                elif fk == F_SOFT_SHORT:
-                    r_isc = min(r_isc, mag)
-                    soft_noise = 0.004
+                    if fk == F_SOFT_SHORT:
+                        soft_noise = 0.004
                 elif fk == F_MICRO_SHORT and t - faults[c, f, 1] < dt * 0.999:
                     s[S_VMICRO] += mag  # a transient drop that recovers
                 elif fk == F_GAS_BURST:

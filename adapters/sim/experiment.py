@@ -9,7 +9,9 @@ scored.
 
 from __future__ import annotations
 
+import math
 import tomllib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal
@@ -18,8 +20,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from stream.frame import Frame
+from stream.sources import Source
 
 from . import engine as E
+from .clock import SimClock
 
 # NIST-style electron-impact cracking patterns, relative to each gas's base peak.
 CRACKING: dict[str, dict[int, float]] = {
@@ -355,3 +359,25 @@ class SimExperiment:
             data[fields[0]][:] = 1e9
         self._last[key] = [data[name][-1] for name in fields]
         return data
+
+
+class ScenarioSource(Source):
+    """A simulated experiment as one source: every instrument of every cell, paced by a clock."""
+
+    def __init__(self, experiment: str, scenario: str | Scenario, n_cells: int = 1, seed: int = 0,
+                 clock: SimClock | None = None, duration_s: float | None = None):
+        sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
+        self.clock = clock or SimClock(speed=math.inf)
+        self.sim = SimExperiment(experiment, sc, n_cells, seed, self.clock.start_ns)
+        self.duration_s = sc.duration_s if duration_s is None else duration_s
+        self.name = f"sim.{sc.name}"
+
+    @property
+    def ground_truth(self) -> list[dict[str, Any]]:
+        return [g for g in self.sim.ground_truth if g["onset_s"] < self.duration_s]
+
+    async def frames(self) -> AsyncIterator[Frame]:
+        while self.sim.t < self.duration_s:
+            await self.clock.wait_until(self.sim.t + 1.0)
+            for frame in self.sim.step():
+                yield frame
