@@ -125,3 +125,13 @@ def test_demo_runs_and_leaves_a_run_folder(tmp_path: Path) -> None:
     assert main(["inspect", str(out / "recording.mcap")]) == 0
     # the config the demo wrote is a valid config
     assert load_config(out / "config.toml").experiment.id == "demo"
+
+
+def test_readme_config_examples_are_valid(tmp_path: Path) -> None:
+    import re
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", readme, re.S)
+    assert blocks
+    full = tmp_path / "readme.toml"
+    full.write_text(blocks[0])
+    assert load_config(full).experiment.id == "exp42"
