@@ -140,3 +140,48 @@ def test_clock_offset_is_applied_and_reported() -> None:
     shift = (oems[50].t0_ns - pot[50].t0_ns) / 1e9
     assert shift == pytest.approx(2.5 + 50e-6 * 50, abs=1e-6)
     assert oems[0].meta["raw_clock_offset_s"] == 2.5
+
+
+def test_flow_cell_stirred_tank_and_capillary_delay() -> None:
+    """A step in CO2 rate: the outlet fraction rises as 1 - exp(-t/tau) towards r/Q, and the MS
+    sees it a capillary delay later."""
+    from adapters.sim.experiment import CellTemplate, FaultSpec, Scenario, Step
+    cell = CellTemplate(cell_type="flow", sei_rate_mol_s=0.0, crosstalk_rate_mol_s=0.0,
+                        o2_rate_mol_s=0.0, flow_mL_min=1.0, flow_volume_mL=0.5,
+                        capillary_delay_s=4.0)
+    rate = 1e-9
+    sc = Scenario(name="flow", protocol=[Step(kind="rest", s=1e9)], cell=cell,
+                  faults=[FaultSpec(kind="gas_burst", at_s=10.0, magnitude=rate)])
+    ex = SimExperiment("t", sc, 1, 0)
+    x, m44 = [], []
+    for _ in range(200):
+        frames = ex.step()
+        x.append(ex.state[0, E.S_GAS_X + E.CO2])
+        m44.append(next(f for f in frames if f.kind == "ms.ion_current").arrays["m44"][0])
+    q = ex.params[0, E.P_FLOW]
+    tau = ex.params[0, E.P_FLOW_V] / q
+    assert tau == pytest.approx(30.0, rel=1e-6)  # 0.5 mL at 1 mL/min
+    x = np.array(x)
+    k = int(10 + tau) - 1  # one time constant after the step (x[k] is at t = k + 1)
+    assert x[k] / (rate / q) == pytest.approx(1 - np.exp(-1), abs=0.03)
+    assert x[-1] / (rate / q) == pytest.approx(1.0, abs=0.01)
+    m44 = np.array(m44)
+    first_x = np.argmax(x > 0.05 * rate / q)
+    first_ms = np.argmax(m44 > m44[:5].mean() + 0.05 * (m44[-1] - m44[:5].mean()))
+    assert first_ms - first_x == pytest.approx(4, abs=1)
+
+
+def test_simulate_command_writes_recording_and_truth(tmp_path) -> None:
+    import json
+
+    from stream.cli import main
+    from stream.recording import describe
+    out = tmp_path / "sim.mcap"
+    assert main(["simulate", "soft-short", "--cells", "3", "--duration", "10m", "--out",
+                 str(out)]) == 0
+    summary = describe(out)
+    kinds = {s["kind"] for s in summary["streams"]}
+    assert {"echem", "pressure", "ms.ion_current"} <= kinds and len(summary["streams"]) == 9
+    truth = json.loads(out.with_suffix(".truth.json").read_text())
+    assert truth == [] or all(g["onset_s"] < 600 for g in truth)
+    assert "ground_truth" in summary["metadata"]
