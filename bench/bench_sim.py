@@ -16,10 +16,10 @@ TARGET = 100.0
 
 
 def run(cells: int, seconds: int, detectors: str) -> tuple[float, int]:
-    ex = SimExperiment("bench", load_scenario("cycling"), cells, seed=0)
-    if detectors != "none":
-        from adapters.sim.spectra import attach_detectors
-        attach_detectors(ex, frames_2d=detectors == "2d")
+    scenario = load_scenario("cycling")
+    scenario.detectors = {"none": [], "1d": ["xrd", "raman"], "2d": ["xrd", "raman", "xrd2d"]}[
+        detectors]
+    ex = SimExperiment("bench", scenario, cells, seed=0)
     ex.step()  # compile
     n = 0
     t0 = time.perf_counter()

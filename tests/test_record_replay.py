@@ -179,6 +179,7 @@ def test_demo_sources_are_deterministic() -> None:
         return asyncio.run(go())
 
     a, b = run_once(), run_once()
-    assert len(a) == len(b) == 2 * 600 * 3  # potentiostat, pressure and OEMS per cell-second
+    # potentiostat, pressure and OEMS per cell-second, XRD and Raman every 60 s
+    assert len(a) == len(b) == 2 * 600 * 3 + 2 * 10 * 2
     for x, y in zip(a, b, strict=True):
         assert_frames_equal(x, y)

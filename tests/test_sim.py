@@ -181,7 +181,8 @@ def test_simulate_command_writes_recording_and_truth(tmp_path) -> None:
                  str(out)]) == 0
     summary = describe(out)
     kinds = {s["kind"] for s in summary["streams"]}
-    assert {"echem", "pressure", "ms.ion_current"} <= kinds and len(summary["streams"]) == 9
+    assert {"echem", "pressure", "ms.ion_current", "pattern", "spectrum"} == kinds
+    assert len(summary["streams"]) == 3 * 5
     truth = json.loads(out.with_suffix(".truth.json").read_text())
     assert truth == [] or all(g["onset_s"] < 600 for g in truth)
     assert "ground_truth" in summary["metadata"]

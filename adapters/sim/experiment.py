@@ -112,6 +112,7 @@ class Scenario(BaseModel):
     pressure_hz: float = 1.0
     oems_channels: list[int] = [2, 26, 27, 28, 32, 40, 44]
     oems_cycle_s: float = 1.0
+    detectors: list[Literal["xrd", "raman", "xrd2d"]] = ["xrd", "raman"]
     spectrum_every_s: float = 5.0
 
 
@@ -217,7 +218,10 @@ class SimExperiment:
         self.inst_faults: dict[tuple[int, str], _InstrumentFaults] = {}
         self._setup_faults()
         self._last: dict[tuple[int, str], np.ndarray] = {}
-        self.spectrum_hook = None  # set by detector instruments
+        self.spectrum_hook = None
+        if scenario.detectors:
+            from .spectra import attach_detectors
+            attach_detectors(self, list(scenario.detectors))
 
     # -- faults -------------------------------------------------------------------------
     def _cells_of(self, f: FaultSpec) -> list[int]:
