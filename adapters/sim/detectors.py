@@ -30,8 +30,10 @@ ignored). Staging (Dahn, Phys. Rev. B 44 (1991) 9170; Ohzuku et al., J. Electroc
 NMC811 c lattice (Märker et al., Chem. Mater. 31 (2019) 2545): 14.20 Å at soc 0, rising as
 c0 + Δ·sin(π/2·soc/0.7) to 14.47 Å at soc 0.7 (Li ≈ 0.35-0.4), then collapsing as
 cmax − Δ'·((soc − 0.7)/0.3)² to 14.00 Å at soc 1 (H2 -> H3). These are two monotonic pieces, and
-the slope is continuous at 0.7. The a lattice shrinks from 2.872 to 2.817 Å as a0 − Δa·(1 − (1 − soc)²).
-Current collectors: Al a = 4.0495 Å, Cu a = 3.6149 Å (fcc).
+the slope is continuous at 0.7. The a lattice shrinks from 2.872 to 2.817 Å as
+a0 − Δa·(1 − (1 − soc)²).
+Current collectors: Al a = 4.0495 Å, Cu a = 3.6149 Å (fcc). Relative peak areas are illustrative
+(no structure factors, Lorentz-polarization, texture or absorption); d-spacings carry the physics.
 
 Raman (Inaba et al., J. Electrochem. Soc. 142 (1995) 20; Sole et al., Faraday Discuss. 172 (2014)
 223): the graphite G band (E2g2) is at 1580 cm-1. From stage 4 to stage 2 it splits into E2g2(i)
@@ -217,7 +219,7 @@ def _lab_positions(geom: PoniGeometry) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 
 def two_theta_map(geom: PoniGeometry) -> np.ndarray:
-    """Per-pixel 2θ in degrees at pixel centres: 2θ = arctan2(√(t1² + t2²), t3) (module docstring)."""
+    """Per-pixel 2θ in degrees at pixel centres: arctan2(√(t1² + t2²), t3), see module docstring."""
     t1, t2, t3 = _lab_positions(geom)
     return np.degrees(np.arctan2(np.hypot(t1, t2), t3))
 
@@ -588,5 +590,5 @@ def project_pattern(tth_axis_deg: np.ndarray, intensity: np.ndarray, tth_map_deg
     np.clip(lam, 0.0, np.iinfo(np.int32).max, out=lam)
     out = (rng.poisson(lam) if rng is not None else np.rint(lam)).astype(np.int32)
     if mask is not None:
-        out[mask] = -1
+        out[np.asarray(mask, dtype=bool)] = -1
     return out

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 DEFAULT_GEOMETRY = {"dist": 0.208651380603, "poni1": 0.0872948482846, "poni2": 0.0799601126306,
                     "rot1": -0.0184422457059, "rot2": 0.00413760084465, "rot3": 0.0,
                     "wavelength": 4.066e-11, "pixel1": 172e-6, "pixel2": 172e-6}
-XRD_AXIS = np.linspace(2.0, 20.0, 2048)      # degrees 2theta at 0.4066 A
+XRD_AXIS = np.linspace(2.0, 31.0, 2048)      # degrees 2theta at 0.4066 A: the whole detector
 RAMAN_AXIS = np.linspace(100.0, 3200.0, 1024)  # cm-1
 
 
@@ -42,6 +42,9 @@ class DetectorInstruments:
         if "xrd2d" in self.kinds:
             self.tth_map = D.two_theta_map(self.geom)
             self.mask = D.pilatus_mask(self.geom.shape)
+            # per-pixel solid angle and horizontal polarisation, applied together
+            self.pixel_factors = (D.solid_angle_map(self.geom)
+                                  * D.polarization_map(self.geom, 0.99))
             self.poni = self.geom.to_dict()
 
     def frames(self, ex: SimExperiment, t0: float) -> list[Frame]:
@@ -63,7 +66,8 @@ class DetectorInstruments:
                     "shift": self.shift, "intensity": spectrum},
                     {"shift": "cm-1", "intensity": "counts"}, {"laser_nm": 532.0}))
             if "xrd2d" in self.kinds:
-                image = D.project_pattern(XRD_AXIS, pattern, self.tth_map, self.mask, ex.rng)
+                image = D.project_pattern(XRD_AXIS, pattern, self.tth_map, self.mask, ex.rng,
+                                          polarization=self.pixel_factors)
                 out.append(ex._frame(c, "detector", "image", t0, {"image": image},
                                      {"image": "counts"}, {"poni": self.poni}))
         return [f for f in out if f is not None]
