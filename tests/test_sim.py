@@ -186,3 +186,51 @@ def test_simulate_command_writes_recording_and_truth(tmp_path) -> None:
     truth = json.loads(out.with_suffix(".truth.json").read_text())
     assert truth == [] or all(g["onset_s"] < 600 for g in truth)
     assert "ground_truth" in summary["metadata"]
+
+
+def test_soft_short_micro_shorts_and_self_discharge_show_in_the_voltage() -> None:
+    sc = load_scenario("soft-short")
+    sc.detectors = []
+    ex = SimExperiment("t", sc, 3, 0)
+    frames = [f for _ in range(15700) for f in ex.step()]
+    v = {c: _series(frames, f"t/cell0{c}/potentiostat", "voltage") for c in (1, 2, 3)}
+    i = {c: _series(frames, f"t/cell0{c}/potentiostat", "current") for c in (1, 2, 3)}
+    hz = 10
+    # micro-shorts on cell02: drops of the injected size, recovering within seconds
+    for fault in (f for f in sc.faults if f.kind == "micro_short"):
+        k = int(fault.at_s * hz)
+        drop = v[2][k - 5:k].mean() - v[2][k:k + 3].min()
+        assert drop == pytest.approx(fault.magnitude, rel=0.25)
+        assert v[2][k + 100] - v[2][k - 5:k].mean() > -0.01
+    # soft short on cell01: voltage noise in CC charge well above the clean cell's
+    on = int(10800 * hz)
+    cc = (i[1] > 0.04) & (np.arange(v[1].size) > on)
+    cc_clean = (i[3] > 0.04) & (np.arange(v[3].size) < 7200 * hz)
+    rough = np.std(np.diff(v[1][cc]))
+    assert rough > 5 * np.std(np.diff(v[3][cc_clean]))
+    # self-discharge on cell03: in the rest after a charge the voltage keeps falling once the
+    # fault is on (R_isc 3 kohm), far more than in the same rest before it
+    def rest_drop(after_s: float) -> float:
+        charged_rest = np.flatnonzero((i[3] == 0) & (v[3] > 4.0) &
+                                      (np.arange(v[3].size) > after_s * hz))
+        start = charged_rest[0]
+        return v[3][start + 300 * hz] - v[3][start + 1000 * hz]
+
+    assert rest_drop(7300) > 0.005 and rest_drop(7300) > 5 * abs(rest_drop(0))
+
+
+def test_plating_plateau_in_relaxation_after_fast_charge() -> None:
+    sc = load_scenario("plating-fast-charge")
+    sc.detectors = []
+    ex = SimExperiment("t", sc, 2, 0)
+    frames = [f for _ in range(5000) for f in ex.step()]
+    hz = 10
+    curves = {}
+    for c in (1, 2):
+        v = _series(frames, f"t/cell0{c}/potentiostat", "voltage")
+        i = _series(frames, f"t/cell0{c}/potentiostat", "current")
+        end = np.flatnonzero(i > 0)[-1] + 1          # end of the 3C charge
+        curves[c] = v[end + 20 * hz:end + 300 * hz]    # the first minutes of relaxation
+    plated, clean = curves
+    # plating holds the voltage up after the charge: higher and flatter than the clean cell
+    assert curves[plated].mean() - curves[clean].mean() > 0.02
