@@ -9,6 +9,7 @@ per closed half-cycle ``result.half_cycle``, and per closed cycle (charge then d
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -16,11 +17,14 @@ from stream._fast import all_finite
 from stream.frame import Frame, FrameError
 
 from .base import Processor, ProcessorConfig
-from .kernels.coulomb import coulomb_count, new_state
+from .kernels.coulomb import E_HALF, Q_HALF, SIGN, coulomb_count, new_state
 
 
 class ElectrochemConfig(ProcessorConfig):
     current_threshold_A: float = 1e-5  # |I| below this is rest
+    # how the current samples were taken: "auto" reads the frame's meta["current_kind"]
+    # ("instantaneous", the default, or "interval_mean" as EC-Lab's <I>)
+    current_kind: Literal["auto", "instantaneous", "interval_mean"] = "auto"
 
 
 @dataclass
@@ -30,6 +34,8 @@ class _CellState:
     cycle: int = 0
     half_cycle: int = 0
     pending_charge: tuple[float, float] | None = None  # (Ah, Wh) of the last charge half-cycle
+    last_frame: Frame | None = None
+    last_t_ns: int = 0
 
 
 def require_arrays(frame: Frame, names: tuple[str, ...]) -> list[np.ndarray]:
@@ -67,8 +73,13 @@ class ElectrochemProcessor(Processor):
         if st is None:
             st = self._cells[frame.stream] = _CellState(origin_ns=frame.t0_ns)
         t_abs = (frame.t0_ns - st.origin_ns) * 1e-9 + t
-        q_total, ends = coulomb_count(t_abs, current, voltage,
-                                      self.config.current_threshold_A, st.kernel)
+        kind = self.config.current_kind
+        if kind == "auto":
+            kind = frame.meta.get("current_kind", "instantaneous")
+        q_total, ends = coulomb_count(t_abs, current, voltage, self.config.current_threshold_A,
+                                      st.kernel, kind == "interval_mean")
+        st.last_frame = frame
+        st.last_t_ns = frame.t0_ns + round(float(t[-1]) * 1e9)
         out: list[Frame] = []
         for index, sign, charge, energy in ends:
             t_ns = frame.t0_ns + round(float(t[int(index)]) * 1e9)
@@ -84,15 +95,29 @@ class ElectrochemProcessor(Processor):
         }, {"t": "s", "voltage": "V", "current": "A", "charge_Ah": "Ah"}))
         return out
 
+    def flush(self) -> list[Frame]:
+        """At the end of a run, the half-cycle still open is reported too (``complete`` = 0)."""
+        out: list[Frame] = []
+        for st in self._cells.values():
+            sign = int(st.kernel[SIGN])
+            if st.last_frame is not None and sign != 0 and st.kernel[Q_HALF] != 0.0:
+                out.extend(self._close_half_cycle(st.last_frame, st, st.last_t_ns, sign,
+                                                  st.kernel[Q_HALF], st.kernel[E_HALF],
+                                                  complete=False))
+        return out
+
     def _close_half_cycle(self, frame: Frame, st: _CellState, t_ns: int, sign: int,
-                          charge: float, energy: float) -> list[Frame]:
+                          charge: float, energy: float, complete: bool = True) -> list[Frame]:
         out = [self.emit(frame, "result.half_cycle", t_ns, {
             "capacity_Ah": np.array([abs(charge)]),
             "energy_Wh": np.array([abs(energy)]),
             "direction": np.array([sign], dtype=np.int64),
             "cycle": np.array([st.cycle], dtype=np.int64),
             "half_cycle": np.array([st.half_cycle], dtype=np.int64),
+            "complete": np.array([int(complete)], dtype=np.int64),
         }, {"capacity_Ah": "Ah", "energy_Wh": "Wh"})]
+        if not complete:
+            return out
         st.half_cycle += 1
         if sign > 0:
             st.pending_charge = (abs(charge), abs(energy))

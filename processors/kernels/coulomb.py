@@ -17,8 +17,12 @@ def new_state() -> np.ndarray:
 
 @nb.njit(cache=True)
 def coulomb_count(t: np.ndarray, current: np.ndarray, voltage: np.ndarray, i_threshold: float,
-                  state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Trapezoidal charge (Ah) and energy (Wh), streaming over one block; updates ``state``.
+                  state: np.ndarray, interval_mean: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Charge (Ah) and energy (Wh), streaming over one block; updates ``state``.
+
+    Instantaneous currents are integrated by the trapezoid rule. With ``interval_mean`` each
+    current is the mean over the interval that ends at its sample (EC-Lab's ``<I>``), so
+    dq = I_k * (t_k - t_(k-1)) exactly.
 
     A half-cycle ends at the first sample whose current has the other sign (|I| above
     ``i_threshold``); rests do not end it. Returns the cumulative charge per sample, and one row
@@ -47,10 +51,15 @@ def coulomb_count(t: np.ndarray, current: np.ndarray, voltage: np.ndarray, i_thr
             e = 0.0
         if not np.isnan(tp):
             dt = t[k] - tp
-            dq = 0.5 * (ik + ip) * dt / 3600.0
+            if interval_mean:
+                dq = ik * dt / 3600.0
+                de = ik * voltage[k] * dt / 3600.0
+            else:
+                dq = 0.5 * (ik + ip) * dt / 3600.0
+                de = 0.5 * (ik * voltage[k] + ip * vp) * dt / 3600.0
             q += dq
             qt += dq
-            e += 0.5 * (ik * voltage[k] + ip * vp) * dt / 3600.0
+            e += de
         if s != 0:
             sign = s
         q_total[k] = qt
