@@ -7,12 +7,8 @@ import pytest
 from scipy.optimize import nnls
 
 from adapters.sim import engine as E
-from adapters.sim.experiment import (
-    SimExperiment,
-    cracking_matrix,
-    load_scenario,
-    scenario_names,
-)
+from adapters.sim.experiment import SimExperiment, load_scenario, scenario_names
+from processors.mass_spec import cracking_matrix
 
 
 def _run(name: str, seconds: int, cells: int = 2, seed: int = 3) -> tuple[SimExperiment, list]:

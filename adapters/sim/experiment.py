@@ -19,34 +19,12 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from processors.mass_spec import cracking_matrix
 from stream.frame import Frame
 from stream.sources import Source
 
 from . import engine as E
 from .clock import SimClock
-
-# NIST-style electron-impact cracking patterns, relative to each gas's base peak.
-CRACKING: dict[str, dict[int, float]] = {
-    "H2": {2: 1.0},
-    "CO": {28: 1.0, 12: 0.047, 16: 0.017},
-    "CO2": {44: 1.0, 28: 0.098, 16: 0.096, 12: 0.087},
-    "C2H4": {28: 1.0, 27: 0.624, 26: 0.530, 25: 0.078},
-    "O2": {32: 1.0, 16: 0.218},
-    "SO2": {64: 1.0, 48: 0.49, 32: 0.104},
-    "Ar": {40: 1.0, 20: 0.146, 36: 0.00337},
-}
-# relative ionisation sensitivities (N2 = 1), approximate literature values
-SENSITIVITY: dict[str, float] = {"H2": 0.44, "CO": 1.05, "CO2": 1.4, "C2H4": 2.3, "O2": 1.0,
-                                 "SO2": 2.1, "Ar": 1.2}
-
-
-def cracking_matrix(channels: list[int], gases: tuple[str, ...] = E.GASES) -> np.ndarray:
-    """(channels, gases): signal at each m/z per unit flux of each gas, sensitivities included."""
-    m = np.zeros((len(channels), len(gases)))
-    for j, gas in enumerate(gases):
-        for i, mz in enumerate(channels):
-            m[i, j] = CRACKING[gas].get(mz, 0.0) * SENSITIVITY[gas]
-    return m
 
 
 class Step(BaseModel):
@@ -209,7 +187,7 @@ class SimExperiment:
         self.dt = 1.0 / scenario.potentiostat_hz
         self.n_steps = int(round(scenario.potentiostat_hz))
         self.channels = scenario.oems_channels
-        self.crack = cracking_matrix(self.channels)
+        self.crack = cracking_matrix(self.channels, E.GASES)
         self.flow_history = np.zeros((n_cells, max(1, int(round(c.capillary_delay_s))) + 1,
                                       E.N_GAS))
         self.seq: dict[str, int] = {}
