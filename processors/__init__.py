@@ -9,6 +9,7 @@ from .base import Processor, ProcessorConfig
 REGISTRY: dict[str, str] = {
     "electrochem": "processors.electrochem:ElectrochemProcessor",
     "alerts": "processors.alert_rules:AlertRuleProcessor",
+    "gas": "processors.gas:GasProcessor",
 }
 
 

@@ -114,3 +114,11 @@ def test_nnls_matches_scipy_on_random_problems() -> None:
     a = rng.random((4, 3))
     np.testing.assert_allclose(nnls_many(a, signals),
                                np.array([nnls(a, s)[0] for s in signals]), atol=1e-8)
+
+
+def test_nnls_is_scale_free() -> None:
+    a = np.array([[0.530, 0.0, 0.0], [0.624, 0.0, 0.0], [1.0, 1.0, 0.098], [0.0, 0.0, 1.0]])
+    s = np.array([0.530, 0.624, 3.294, 3.0])
+    for scale in (1e-12, 1e-9, 1.0, 1e6):
+        np.testing.assert_allclose(nnls_kernel(a * scale, s * scale * 1e-3),
+                                   [1e-3, 2e-3, 3e-3], rtol=1e-9)

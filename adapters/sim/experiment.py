@@ -190,6 +190,9 @@ class SimExperiment:
         self.crack = cracking_matrix(self.channels, E.GASES)
         self.flow_history = np.zeros((n_cells, max(1, int(round(c.capillary_delay_s))) + 1,
                                       E.N_GAS))
+        if c.cell_type == "flow":  # the carrier brings the Ar internal standard from the start
+            self.flow_history[:, :, E.AR] = c.ar_fraction
+            self.state[:, E.S_GAS_X + E.AR] = c.ar_fraction
         self.seq: dict[str, int] = {}
         self.ground_truth: list[dict[str, Any]] = []
         self.faults = np.zeros((n_cells, 0, 4))

@@ -10,8 +10,15 @@ import numpy as np
 @nb.njit(cache=True)
 def nnls_kernel(a: np.ndarray, b: np.ndarray, max_iter: int = 0, tol: float = 1e-12
                 ) -> np.ndarray:
-    """min ||a x - b|| subject to x >= 0, for one right-hand side (Lawson & Hanson 1974)."""
+    """min ||a x - b|| subject to x >= 0, for one right-hand side (Lawson & Hanson 1974).
+    The problem is scaled to unit size first, so ``tol`` is relative (ion currents are ~1e-9)."""
     m, n = a.shape
+    scale_a = np.abs(a).max()
+    scale_b = np.abs(b).max()
+    if scale_a == 0.0 or scale_b == 0.0:
+        return np.zeros(n)
+    a = a / scale_a
+    b = b / scale_b
     if max_iter == 0:
         max_iter = 3 * n
     x = np.zeros(n)
@@ -46,7 +53,7 @@ def nnls_kernel(a: np.ndarray, b: np.ndarray, max_iter: int = 0, tol: float = 1e
                     passive[i] = False
                     x[i] = 0.0
         w = a.T @ (b - a @ x)
-    return x
+    return x * (scale_b / scale_a)
 
 
 @nb.njit(cache=True)
