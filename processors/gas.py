@@ -19,7 +19,7 @@ Outputs one ``result.gas`` frame per gas and input frame (tag ``gas``): ``rate_m
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -51,20 +51,54 @@ class GasConfig(ProcessorConfig):
     active_mass_g: float | None = None
 
 
+class SlidingSlope:
+    """Least-squares slope of a vector signal over the last ``window_s`` seconds, O(1) per
+    sample: running sums over a window, with times taken relative to the window's first sample
+    so the sums stay well conditioned."""
+
+    def __init__(self, width: int, window_s: float):
+        self.window_s = window_s
+        self.samples: deque[tuple[float, np.ndarray]] = deque()
+        self.t_ref: float | None = None
+        self.n = 0
+        self.st = self.stt = 0.0
+        self.sx = np.zeros(width)
+        self.stx = np.zeros(width)
+
+    def _add(self, t: float, x: np.ndarray, sign: float) -> None:
+        u = t - self.t_ref
+        self.n += int(sign)
+        self.st += sign * u
+        self.stt += sign * u * u
+        self.sx += sign * x
+        self.stx += sign * u * x
+
+    def update(self, t: float, x: np.ndarray) -> np.ndarray:
+        if self.t_ref is None or t - self.t_ref > 1e4:  # re-anchor now and then
+            self.t_ref = t
+            self.n, self.st, self.stt = 0, 0.0, 0.0
+            self.sx[:] = 0.0
+            self.stx[:] = 0.0
+            for ts, xs in self.samples:
+                self._add(ts, xs, 1.0)
+        self.samples.append((t, x))
+        self._add(t, x, 1.0)
+        while self.samples[0][0] < t - self.window_s:
+            ts, xs = self.samples.popleft()
+            self._add(ts, xs, -1.0)
+        denom = self.n * self.stt - self.st * self.st
+        if self.n < 3 or denom <= 0:
+            return np.zeros_like(x)
+        return (self.n * self.stx - self.st * self.sx) / denom
+
+
 @dataclass
 class _GasState:
-    history: deque = field(default_factory=lambda: deque(maxlen=100_000))  # (t_s, x vector)
+    slope: SlidingSlope
     origin_ns: int | None = None
     amount: np.ndarray | None = None
     n0: np.ndarray | None = None
     last_t: float | None = None
-
-
-def window_slope(t: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Least-squares slope of each column of ``y`` against ``t``."""
-    tc = t - t.mean()
-    denom = float(tc @ tc)
-    return (tc @ (y - y.mean(axis=0))) / denom if denom > 0 else np.zeros(y.shape[1])
 
 
 class GasProcessor(Processor):
@@ -102,19 +136,16 @@ class GasProcessor(Processor):
                                  "no internal-standard signal")
             x = x * (c.ar_fraction / ar) if c.cell_type == "flow" else x / x.sum(axis=1,
                                                                                   keepdims=True)
-        st = self._state.setdefault(frame.stream, _GasState())
+        st = self._state.get(frame.stream)
+        if st is None:
+            st = self._state[frame.stream] = _GasState(SlidingSlope(x.shape[1], c.window_s))
         if st.origin_ns is None:
             st.origin_ns = frame.t0_ns
         t_rel = frame.arrays.get("t", np.zeros(len(x)))
         t_s = (frame.t0_ns - st.origin_ns) * 1e-9 + np.ravel(t_rel) - self.shift
         out_rates = np.empty_like(x)
         for k in range(len(x)):
-            st.history.append((t_s[k], x[k]))
-            while st.history[0][0] < t_s[k] - c.window_s:
-                st.history.popleft()
-            times = np.array([h[0] for h in st.history])
-            xs = np.array([h[1] for h in st.history])
-            slope = window_slope(times, xs) if len(times) >= 3 else np.zeros(x.shape[1])
+            slope = st.slope.update(float(t_s[k]), x[k])
             if c.cell_type == "closed":
                 out_rates[k] = slope * self.n_total
             else:

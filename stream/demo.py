@@ -23,7 +23,7 @@ def demo_config(run_dir: Path, cells: int = 4, duration_s: float = DEFAULT_DURAT
         "sim": {"speed": speed, **({"start_ns": start_ns} if start_ns is not None else {})},
         "simulations": [{"scenario": scenario, "cells": cells, "seed": 7,
                          "duration_s": duration_s}] if cells else [],
-        "processors": [{"type": "electrochem"}],
+        "processors": [{"type": "electrochem"}, {"type": "gas"}],
         "alerts": [
             {"name": "voltage_collapse", "kind": "result.echem", "field": "voltage", "op": "<",
              "threshold": 2.5, "hysteresis": 0.2, "for_s": 1.0, "severity": "critical",
@@ -36,7 +36,10 @@ def demo_config(run_dir: Path, cells: int = 4, duration_s: float = DEFAULT_DURAT
              "labels": {"fault": "gassing"}},
         ],
         "sinks": [
-            {"type": "record", "path": str(run_dir / "recording.mcap")},
+            # raw frames, events, alerts and health: results are recomputed on replay
+            {"type": "record", "path": str(run_dir / "recording.mcap"),
+             "kinds": ["echem", "pressure", "ms.ion_current", "pattern", "spectrum", "image",
+                       "event", "alert", "health"]},
             {"type": "lineprotocol", "path": str(run_dir / "results.lp")},
             {"type": "lineprotocol", "name": "health", "path": str(run_dir / "health.lp"),
              "kinds": ["health"]},

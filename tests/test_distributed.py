@@ -45,7 +45,8 @@ async def test_adapter_node_to_worker_node_over_zeromq(tmp_path) -> None:
     base = demo_config(tmp_path, cells=2, duration_s=1800, speed="max", start_ns=start)
     single = {**base, "sinks": [{"type": "lineprotocol", "path": str(tmp_path / "single.lp")}]}
     adapter_node = {**base, "processors": [], "alerts": [], "sinks": [
-        {"type": "publish", "kinds": ["echem"],
+        {"type": "publish", "kinds": ["echem", "pressure", "ms.ion_current", "pattern",
+                                      "spectrum"],
          "transport": {"url": f"zmq+pushpull://127.0.0.1:{port}"}}]}
     worker = {**base, "simulations": [],
               "inputs": [{"url": f"zmq+pushpull://127.0.0.1:{port}"}],
@@ -54,16 +55,16 @@ async def test_adapter_node_to_worker_node_over_zeromq(tmp_path) -> None:
         (tmp_path / f"{name}.toml").write_text(tomli_w.dumps(data))
 
     cfg = parse_config(single, "single")
-    await build_node(cfg, sources=build_sources(cfg, SimClock(start, math.inf)),
-                     handle_signals=False).run()
+    single_snap = await build_node(cfg, sources=build_sources(cfg, SimClock(start, math.inf)),
+                                   handle_signals=False).run()
 
     worker_node = build_node(parse_config(worker, "worker"), handle_signals=False)
     worker_task = asyncio.create_task(worker_node.run())
     cfg = parse_config(adapter_node, "adapter")
     await build_node(cfg, sources=build_sources(cfg, SimClock(start, math.inf)),
                      handle_signals=False).run()
-    expected = 2 * 1800  # one echem block per cell and second
-    for _ in range(400):
+    expected = single_snap["process"]["frames_in"]  # every raw frame of the run
+    for _ in range(1200):
         if worker_node.stats["process"].frames_in >= expected:
             break
         await asyncio.sleep(0.05)

@@ -85,3 +85,17 @@ def test_missing_channel_and_dropout_are_frame_errors() -> None:
     frame.arrays["m2"] = np.array([np.nan])
     with pytest.raises(FrameError, match="non-finite"):
         GasProcessor().process(frame)
+
+
+def test_sliding_slope_equals_polyfit() -> None:
+    from processors.gas import SlidingSlope
+    rng = np.random.default_rng(0)
+    t = np.cumsum(rng.uniform(0.5, 1.5, 400)) + 1e6
+    y = np.column_stack([0.3 * t + rng.normal(0, 1, t.size), -2e-9 * t])
+    sl = SlidingSlope(2, window_s=30.0)
+    for k in range(t.size):
+        got = sl.update(t[k], y[k])
+        m = (t >= t[k] - 30.0) & (t <= t[k])
+        if m.sum() >= 3:
+            ref = [np.polyfit(t[m] - t[m][0], y[m, j], 1)[0] for j in range(2)]
+            np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-15)
