@@ -10,6 +10,7 @@ REGISTRY: dict[str, str] = {
     "electrochem": "processors.electrochem:ElectrochemProcessor",
     "alerts": "processors.alert_rules:AlertRuleProcessor",
     "gas": "processors.gas:GasProcessor",
+    "events": "processors.events:EventProcessor",
 }
 
 

@@ -23,7 +23,7 @@ def demo_config(run_dir: Path, cells: int = 4, duration_s: float = DEFAULT_DURAT
         "sim": {"speed": speed, **({"start_ns": start_ns} if start_ns is not None else {})},
         "simulations": [{"scenario": scenario, "cells": cells, "seed": 7,
                          "duration_s": duration_s}] if cells else [],
-        "processors": [{"type": "electrochem"}, {"type": "gas"}],
+        "processors": [{"type": "electrochem"}, {"type": "gas"}, {"type": "events"}],
         "alerts": [
             {"name": "voltage_collapse", "kind": "result.echem", "field": "voltage", "op": "<",
              "threshold": 2.5, "hysteresis": 0.2, "for_s": 1.0, "severity": "critical",
