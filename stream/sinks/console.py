@@ -49,8 +49,12 @@ class ConsoleSink(Sink):
             self.alerts.append(line)
             self._print(line)
         elif kind == "event":
-            self._print(f"EVENT {frame.meta.get('event', '?')} on {frame.stream} "
-                        f"at {_clock(frame.t0_ns)}: {frame.meta}")
+            m = frame.meta
+            evidence = ", ".join(f"{k}={float(v[0]):.4g}" for k, v in frame.arrays.items()
+                                 if k != "t" and v.size == 1)
+            self._print(f"EVENT {m.get('event', '?'):8s} [{m.get('severity')}] on "
+                        f"{m.get('source', frame.stream)} at {_clock(frame.t0_ns)}: {evidence}"
+                        + (f" ({m['criterion']})" if "criterion" in m else ""))
         elif kind == "result.cycle":
             a = frame.arrays
             self._print(f"cycle {int(a['cycle'][0])} done on {frame.cell}: charge "
