@@ -33,6 +33,7 @@ class Processor(ABC):
         self.name = self.config.name or self.type_name
         self._out_seq: dict[tuple[str, str], int] = {}
         self._wants: dict[str, bool] = {}
+        self._origins: dict[str, int] = {}
 
     def wants(self, kind: str) -> bool:
         known = self._wants.get(kind)
@@ -42,6 +43,16 @@ class Processor(ABC):
 
     @abstractmethod
     def process(self, frame: Frame) -> list[Frame]: ...
+
+    def stream_seconds(self, frame: Frame, t: np.ndarray) -> np.ndarray:
+        """Sample times in seconds since the first frame this processor saw on the stream: a
+        float time base that keeps its precision over months (epoch ns would not)."""
+        origin = self._origins.setdefault(frame.stream, frame.t0_ns)
+        return (frame.t0_ns - origin) * 1e-9 + np.asarray(t, dtype=np.float64)
+
+    def stream_ns(self, frame: Frame, seconds: float) -> int:
+        """The epoch-ns time of ``seconds`` on the stream's time base."""
+        return self._origins[frame.stream] + int(round(seconds * 1e9))
 
     def flush(self) -> list[Frame]:
         """Called once at the end of a run; emit whatever is still pending."""

@@ -29,7 +29,6 @@ class ElectrochemConfig(ProcessorConfig):
 
 @dataclass
 class _CellState:
-    origin_ns: int
     kernel: np.ndarray = field(default_factory=new_state)
     cycle: int = 0
     half_cycle: int = 0
@@ -71,8 +70,8 @@ class ElectrochemProcessor(Processor):
                 raise FrameError(frame.stream, f"arrays.{name}", "non-finite sample")
         st = self._cells.get(frame.stream)
         if st is None:
-            st = self._cells[frame.stream] = _CellState(origin_ns=frame.t0_ns)
-        t_abs = (frame.t0_ns - st.origin_ns) * 1e-9 + t
+            st = self._cells[frame.stream] = _CellState()
+        t_abs = self.stream_seconds(frame, t)
         kind = self.config.current_kind
         if kind == "auto":
             kind = frame.meta.get("current_kind", "instantaneous")

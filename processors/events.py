@@ -38,7 +38,6 @@ class _State:
     runaway_since: float | None = None
     runaway_armed: bool = True
     last_temp: tuple[float, float] | None = None
-    origin_ns: int = 0
 
 
 class EventProcessor(Processor):
@@ -55,8 +54,8 @@ class EventProcessor(Processor):
         temp = frame.arrays.get("temperature")
         st = self._cells.get(frame.stream)
         if st is None:
-            st = self._cells[frame.stream] = _State(origin_ns=frame.t0_ns)
-        t_abs = (frame.t0_ns - st.origin_ns) * 1e-9 + t
+            st = self._cells[frame.stream] = _State()
+        t_abs = self.stream_seconds(frame, t)
         out: list[Frame] = []
         c = self.config
         for k in range(t.size):
@@ -98,7 +97,7 @@ class EventProcessor(Processor):
 
     def _event(self, frame: Frame, st: _State, t_s: float, kind: str, severity: str,
                evidence: dict) -> Frame:
-        t_ns = st.origin_ns + int(round(t_s * 1e9))
+        t_ns = self.stream_ns(frame, t_s)
         values = {k: v for k, v in evidence.items() if isinstance(v, float)}
         return self.emit(frame, "event", t_ns,
                          {k: np.array([v]) for k, v in values.items()}, {},

@@ -95,7 +95,6 @@ class SlidingSlope:
 @dataclass
 class _GasState:
     slope: SlidingSlope
-    origin_ns: int | None = None
     amount: np.ndarray | None = None
     n0: np.ndarray | None = None
     last_t: float | None = None
@@ -139,10 +138,8 @@ class GasProcessor(Processor):
         st = self._state.get(frame.stream)
         if st is None:
             st = self._state[frame.stream] = _GasState(SlidingSlope(x.shape[1], c.window_s))
-        if st.origin_ns is None:
-            st.origin_ns = frame.t0_ns
         t_rel = frame.arrays.get("t", np.zeros(len(x)))
-        t_s = (frame.t0_ns - st.origin_ns) * 1e-9 + np.ravel(t_rel) - self.shift
+        t_s = self.stream_seconds(frame, np.ravel(t_rel)) - self.shift
         out_rates = np.empty_like(x)
         for k in range(len(x)):
             slope = st.slope.update(float(t_s[k]), x[k])
@@ -161,7 +158,7 @@ class GasProcessor(Processor):
                 out_rates[-1] * dt
             amount = st.amount
         st.last_t = t_s[-1]
-        t0_ns = st.origin_ns + int(round((t_s[0]) * 1e9))
+        t0_ns = self.stream_ns(frame, float(t_s[0]))
         frames = []
         for j, gas in enumerate(c.gases):
             if j == self.ar:
