@@ -21,7 +21,7 @@ from processors.kernels.nnls import nnls_kernel, nnls_many
 def _mean_run_length(detector, n_samples: int, seed: int) -> float:
     x = np.random.default_rng(seed).standard_normal(n_samples)
     alarms = detector.update_many(x)
-    return float(run_lengths(alarms, n_samples).mean())
+    return float(run_lengths(alarms).mean())
 
 
 @pytest.mark.parametrize("h, arl0", [(4.0, 168.0), (5.0, 465.0)])
@@ -34,7 +34,7 @@ def test_cusum_in_control_run_length_matches_the_textbook(h: float, arl0: float)
 def test_cusum_detects_a_one_sigma_shift_quickly() -> None:
     # Montgomery table 9.3: ARL1 ~ 10.4 for a 1-sigma shift at h = 5
     x = np.random.default_rng(1).standard_normal(2_000_000) + 1.0
-    rl = run_lengths(Cusum(k=0.5, h=5.0).update_many(x), x.size)
+    rl = run_lengths(Cusum(k=0.5, h=5.0).update_many(x))
     assert rl.mean() == pytest.approx(10.4, rel=0.05)
 
 

@@ -139,12 +139,11 @@ def _param_vector(c: CellTemplate) -> np.ndarray:
     p[E.P_XTALK_RATE], p[E.P_O2_SOC], p[E.P_O2_RATE] = (c.crosstalk_rate_mol_s, c.o2_onset_soc,
                                                          c.o2_rate_mol_s)
     p[E.P_SO2_RATE], p[E.P_O2_CONSUME] = c.so2_rate_mol_s, c.o2_consumption_mol_s
-    p[E.P_HEAD_V] = c.headspace_mL * 1e-6
     if c.cell_type == "flow":
         rt = E.R_GAS * T
         p[E.P_FLOW] = c.pressure_Pa * c.flow_mL_min * 1e-6 / 60.0 / rt  # mol/s of carrier
         p[E.P_FLOW_V] = c.pressure_Pa * c.flow_volume_mL * 1e-6 / rt    # mol held in the cell
-    p[E.P_LEAK], p[E.P_AR_FRAC], p[E.P_P0] = c.leak_per_s, c.ar_fraction, c.pressure_Pa
+    p[E.P_LEAK], p[E.P_AR_FRAC] = c.leak_per_s, c.ar_fraction
     return p
 
 

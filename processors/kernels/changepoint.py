@@ -137,9 +137,9 @@ class PageHinkley(_Detector):
                                    self.threshold, self.alpha, self.state)
 
 
-def run_lengths(alarms: np.ndarray, n: int) -> np.ndarray:
-    """Samples between consecutive alarms (the first counted from the start); ``n`` unused
-    samples after the last alarm are dropped."""
+def run_lengths(alarms: np.ndarray) -> np.ndarray:
+    """Samples between consecutive alarms, the first counted from the start; the unfinished run
+    after the last alarm is not included."""
     if alarms.size == 0:
         return np.empty(0, dtype=np.int64)
     return np.diff(np.concatenate([[-1], alarms]))
