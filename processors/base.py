@@ -67,3 +67,14 @@ class Processor(ABC):
         seq = self._out_seq.get(key, 0)
         self._out_seq[key] = seq + 1
         return Frame(stream, kind, seq, t0_ns, arrays, units, meta or {})
+
+    def emit_event(self, source: Frame, t_s: float, event: str, severity: str,
+                   evidence: dict[str, Any]) -> Frame:
+        """An ``event`` frame at ``t_s`` (stream seconds): float evidence becomes arrays, the rest
+        goes to ``meta`` beside ``event``, ``severity``, ``source`` and ``onset_ns``."""
+        t_ns = self.stream_ns(source, t_s)
+        values = {k: v for k, v in evidence.items() if isinstance(v, float)}
+        return self.emit(source, "event", t_ns, {k: np.array([v]) for k, v in values.items()}, {},
+                         {"event": event, "severity": severity, "source": source.stream,
+                          "onset_ns": t_ns, **{k: v for k, v in evidence.items()
+                                               if not isinstance(v, float)}})

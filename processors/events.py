@@ -16,8 +16,6 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from stream.frame import Frame
 
 from .base import Processor, ProcessorConfig
@@ -67,7 +65,7 @@ class EventProcessor(Processor):
             drop = max(v for (_, v) in win) - vk
             if st.short_armed and drop > c.short_drop_V:
                 st.short_armed = False
-                out.append(self._event(frame, st, tk, "hard_short", "critical",
+                out.append(self.emit_event(frame, tk, "hard_short", "critical",
                                        {"voltage_drop_V": drop, "voltage_V": vk}))
             elif not st.short_armed and drop < 0.1 * c.short_drop_V and vk > 2.5:
                 st.short_armed = True
@@ -86,7 +84,7 @@ class EventProcessor(Processor):
                 st.runaway_since = prev[0]
             if st.runaway_armed and t - st.runaway_since > c.runaway_hold_s:
                 st.runaway_armed = False
-                return [self._event(frame, st, st.runaway_since, "thermal_runaway", "critical",
+                return [self.emit_event(frame, st.runaway_since, "thermal_runaway", "critical",
                                     {"dTdt_C_s": rate, "temperature_C": temp,
                                      "criterion": "GB 38031: dT/dt >= 1 degC/s for > 3 s"})]
         else:
@@ -94,13 +92,3 @@ class EventProcessor(Processor):
             if rate < 0:
                 st.runaway_armed = True
         return []
-
-    def _event(self, frame: Frame, st: _State, t_s: float, kind: str, severity: str,
-               evidence: dict) -> Frame:
-        t_ns = self.stream_ns(frame, t_s)
-        values = {k: v for k, v in evidence.items() if isinstance(v, float)}
-        return self.emit(frame, "event", t_ns,
-                         {k: np.array([v]) for k, v in values.items()}, {},
-                         {"event": kind, "severity": severity, "source": frame.stream,
-                          "onset_ns": t_ns, **{k: v for k, v in evidence.items()
-                                               if not isinstance(v, float)}})
