@@ -1,0 +1,491 @@
+"""Peak fitting: bounded Levenberg–Marquardt with analytic Jacobians, for several Gaussian,
+Lorentzian or pseudo-Voigt peaks on a polynomial baseline.
+
+Parameter vector: four per peak, (position, FWHM, area, eta), then the baseline coefficients
+b_0..b_deg of sum_j b_j·t^j with t = (x − x_mid)/x_half, the window mapped onto [−1, 1] so the
+baseline columns stay well conditioned. Profiles are area-normalised, as in the simulator:
+
+    PV(x) = area·(eta·L(x) + (1 − eta)·G(x)),  u = 2(x − position)/FWHM
+    L = (2/(π·FWHM))/(1 + u²),  G = (2·sqrt(ln2/π)/FWHM)·exp(−ln2·u²)
+
+A Gaussian is eta = 0, a Lorentzian eta = 1 (both fixed); only the pseudo-Voigt fits eta.
+
+The minimiser is Marquardt's (damping lambda·diag(JᵀJ), i.e. lambda·I on the unit-diagonal
+scaled normal matrix). Box bounds: every trial point is clipped into the box, and parameters
+sitting on a bound whose gradient pushes outward are held for that step (a projected active
+set). Convergence: the undamped Gauss–Newton step is below ``tol_sigma`` standard errors,
+sqrt(δᵀ·JᵀJ·δ / chi2_red) ≤ tol_sigma, so the result is within a small fraction of its own
+uncertainty of the least-squares minimum. Standard errors are scipy ``curve_fit``'s with
+``absolute_sigma=False``: cov = (JᵀWJ)⁻¹·chi2/(n − n_free).
+
+``fit_guarded`` adds the divergence guard: a fit from the warm start (the previous frame's
+parameters) that ends non-finite, unconverged, with a position or FWHM pinned at a bound, or
+with a reduced chi2 above ``blowup`` times the previous one is redone from a cold start built
+from the data (``cold_start``); the better of the two is kept.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+
+GAUSSIAN, LORENTZIAN, PSEUDO_VOIGT = 0, 1, 2
+SHAPES = {"gaussian": GAUSSIAN, "lorentzian": LORENTZIAN, "pseudo_voigt": PSEUDO_VOIGT}
+POS, FWHM, AREA, ETA = range(4)  # offsets within a peak's block of parameters
+N_PEAK = 4
+# Layout of the info vector the fits return.
+CHI2, CHI2_RED, ITERATIONS, CONVERGED, COLD_START, AT_BOUND = range(6)
+N_INFO = 6
+
+_LN2 = math.log(2.0)
+_G_NORM = 2.0 * math.sqrt(_LN2 / math.pi)  # Gaussian of unit area and FWHM 1 at its centre
+_L_NORM = 2.0 / math.pi                     # Lorentzian of unit area and FWHM 1 at its centre
+_LAMBDA0, _LAMBDA_MAX = 1e-6, 1e16
+# Let LLVM reorder sums so the dot products vectorise; NaN/inf semantics stay exact.
+_REASSOC = {"reassoc", "contract"}
+
+
+def n_params(n_peaks: int, degree: int) -> int:
+    """Length of the parameter vector: 4 per peak plus degree + 1 baseline terms (degree −1 =
+    no baseline)."""
+    return N_PEAK * n_peaks + degree + 1
+
+
+@nb.njit(cache=True)
+def peak_height(fwhm: float, area: float, eta: float) -> float:
+    """Maximum of an area-normalised pseudo-Voigt."""
+    return area / fwhm * (eta * _L_NORM + (1.0 - eta) * _G_NORM)
+
+
+@nb.njit(cache=True)
+def _axis(x: np.ndarray) -> tuple[float, float]:
+    """(x_mid, x_half): the baseline's t = (x − x_mid)/x_half spans [−1, 1]."""
+    lo, hi = x.min(), x.max()
+    half = 0.5 * (hi - lo)
+    return 0.5 * (hi + lo), half if half > 0.0 else 1.0
+
+
+@nb.njit(cache=True)
+def _shape_eta(shape: int, eta: float) -> float:
+    if shape == GAUSSIAN:
+        return 0.0
+    if shape == LORENTZIAN:
+        return 1.0
+    return eta
+
+
+@nb.njit(cache=True)
+def _evaluate(x: np.ndarray, y: np.ndarray, w: np.ndarray, shapes: np.ndarray, n_base: int,
+              powers: np.ndarray, p: np.ndarray, rows: np.ndarray, jt: np.ndarray,
+              resid: np.ndarray, with_jac: bool) -> float:
+    """Weighted residuals w·(y − f) into ``resid`` and, with ``with_jac``, the weighted peak
+    Jacobian w·∂f/∂p transposed into ``jt`` (parameter j in row rows[j]; fixed parameters go to
+    a scratch last row). ``powers`` holds t^b for the baseline; the baseline rows of ``jt`` are
+    constant and written by the caller. Returns chi2 = Σ resid².
+
+    Loops run over the samples innermost, without branches, so they vectorise."""
+    n = x.size
+    resid[:] = y
+    for k in range(shapes.size):
+        j = N_PEAK * k
+        shape = shapes[k]
+        c, fw, a = p[j + POS], p[j + FWHM], p[j + AREA]
+        eta = _shape_eta(shape, p[j + ETA])
+        use_l, use_g = shape != GAUSSIAN, shape != LORENTZIAN
+        s = 4.0 / (fw * fw)
+        l_norm, g_norm = _L_NORM / fw, _G_NORM / fw
+        jp, jw, ja, je = jt[rows[j + POS]], jt[rows[j + FWHM]], jt[rows[j + AREA]], \
+            jt[rows[j + ETA]]
+        for i in range(n):
+            d = x[i] - c
+            u2 = s * d * d
+            lor = lor_c = lor_w = gau = gau_c = gau_w = 0.0
+            if use_l:
+                q = 1.0 / (1.0 + u2)
+                lor = l_norm * q
+                lor_c = lor * q * 2.0 * s * d
+                lor_w = lor / fw * (u2 - 1.0) * q
+            if use_g:
+                gau = g_norm * math.exp(-_LN2 * u2)
+                gau_c = gau * 2.0 * _LN2 * s * d
+                gau_w = gau / fw * (2.0 * _LN2 * u2 - 1.0)
+            prof = eta * lor + (1.0 - eta) * gau
+            resid[i] -= a * prof
+            if with_jac:
+                wi = w[i]
+                jp[i] = wi * a * (eta * lor_c + (1.0 - eta) * gau_c)
+                jw[i] = wi * a * (eta * lor_w + (1.0 - eta) * gau_w)
+                ja[i] = wi * prof
+                je[i] = wi * a * (lor - gau)
+    b0 = N_PEAK * shapes.size
+    for b in range(n_base):
+        coef = p[b0 + b]
+        tb = powers[b]
+        for i in range(n):
+            resid[i] -= coef * tb[i]
+    chi2 = 0.0
+    for i in range(n):
+        r = w[i] * resid[i]
+        resid[i] = r
+        chi2 += r * r
+    return chi2
+
+
+@nb.njit(cache=True)
+def _powers(x: np.ndarray, n_base: int) -> np.ndarray:
+    """t^b, b = 0..n_base − 1, with t = (x − x_mid)/x_half in [−1, 1]."""
+    mid, half = _axis(x)
+    out = np.empty((n_base, x.size))
+    for i in range(x.size):
+        t = (x[i] - mid) / half
+        tp = 1.0
+        for b in range(n_base):
+            out[b, i] = tp
+            tp *= t
+    return out
+
+
+@nb.njit(cache=True)
+def _rows(shapes: np.ndarray, n_base: int, free: np.ndarray, lower: np.ndarray,
+          upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row of each fitted parameter in the transposed Jacobian (fixed ones: the scratch row
+    nf), and the parameter of each row. Eta is fitted for pseudo-Voigts only; a parameter with
+    lower == upper is fixed."""
+    m = N_PEAK * shapes.size + n_base
+    rows = np.empty(m, dtype=np.int64)
+    index = np.empty(m, dtype=np.int64)
+    nf = 0
+    for j in range(m):
+        fixed = not free[j] or lower[j] >= upper[j]
+        if j < N_PEAK * shapes.size and j % N_PEAK == ETA and shapes[j // N_PEAK] != PSEUDO_VOIGT:
+            fixed = True
+        rows[j] = -1 if fixed else nf
+        if not fixed:
+            index[nf] = j
+            nf += 1
+    for j in range(m):
+        if rows[j] < 0:
+            rows[j] = nf
+    return rows, index[:nf]
+
+
+@nb.njit(cache=True)
+def _jacobian_buffer(x: np.ndarray, n_base: int, powers: np.ndarray, w: np.ndarray,
+                     rows: np.ndarray, nf: int, n_peak_params: int) -> np.ndarray:
+    """A transposed-Jacobian buffer (nf + 1 scratch row) with the constant baseline rows."""
+    jt = np.zeros((nf + 1, x.size))
+    for b in range(n_base):
+        jt[rows[n_peak_params + b]] = w * powers[b]
+    return jt
+
+
+@nb.njit(cache=True)
+def model(x: np.ndarray, shapes: np.ndarray, n_base: int, p: np.ndarray) -> np.ndarray:
+    """The fitted curve f(x) for parameters ``p`` (baseline scaled over this x)."""
+    resid = np.empty(x.size)
+    rows = np.zeros(p.size, dtype=np.int64)
+    _evaluate(x, np.zeros(x.size), np.ones(x.size), shapes, n_base, _powers(x, n_base), p,
+              rows, np.empty((1, x.size)), resid, False)
+    return -resid
+
+
+@nb.njit(cache=True)
+def jacobian(x: np.ndarray, shapes: np.ndarray, n_base: int, p: np.ndarray) -> np.ndarray:
+    """∂f/∂p for every parameter (n × len(p)); eta columns of Gaussians/Lorentzians are zero."""
+    m = p.size
+    free = np.ones(m, dtype=np.bool_)
+    rows, index = _rows(shapes, n_base, free, np.full(m, -np.inf), np.full(m, np.inf))
+    powers = _powers(x, n_base)
+    w = np.ones(x.size)
+    jt = _jacobian_buffer(x, n_base, powers, w, rows, index.size, m - n_base)
+    _evaluate(x, np.zeros(x.size), w, shapes, n_base, powers, p, rows, jt, np.empty(x.size),
+              True)
+    out = np.zeros((x.size, m))
+    for r in range(index.size):
+        out[:, index[r]] = jt[r]
+    return out
+
+
+@nb.njit(cache=True)
+def _cholesky_solve(a: np.ndarray, lam: float, active: np.ndarray, b: np.ndarray,
+                    chol: np.ndarray, out: np.ndarray) -> bool:
+    """Solve (a + lam·I)·out = b over the ``active`` rows (inactive entries of out are 0).
+    ``a`` has a unit diagonal. False if the matrix is not numerically positive definite."""
+    m = a.shape[0]
+    for j in range(m):
+        if not active[j]:
+            continue
+        s = a[j, j] + lam
+        for k in range(j):
+            if active[k]:
+                s -= chol[j, k] * chol[j, k]
+        if not s > 1e-13 * (1.0 + lam):
+            return False
+        d = math.sqrt(s)
+        chol[j, j] = d
+        for i in range(j + 1, m):
+            if active[i]:
+                s = a[i, j]
+                for k in range(j):
+                    if active[k]:
+                        s -= chol[i, k] * chol[j, k]
+                chol[i, j] = s / d
+    for i in range(m):  # forward: L·z = b
+        if not active[i]:
+            out[i] = 0.0
+            continue
+        s = b[i]
+        for k in range(i):
+            if active[k]:
+                s -= chol[i, k] * out[k]
+        out[i] = s / chol[i, i]
+    for i in range(m - 1, -1, -1):  # backward: Lᵀ·out = z
+        if not active[i]:
+            continue
+        s = out[i]
+        for k in range(i + 1, m):
+            if active[k]:
+                s -= chol[k, i] * out[k]
+        out[i] = s / chol[i, i]
+    return True
+
+
+@nb.njit(cache=True)
+def _clip(p: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> None:
+    for j in range(p.size):
+        p[j] = min(max(p[j], lower[j]), upper[j])
+
+
+@nb.njit(cache=True, fastmath=_REASSOC)
+def _normal_equations(jt: np.ndarray, resid: np.ndarray, nf: int, a: np.ndarray, g: np.ndarray,
+                      scale: np.ndarray) -> None:
+    """JᵀJ into ``a`` and Jᵀr into ``g``, scaled to a unit diagonal; ``scale`` = 1/sqrt(diag)
+    (0 for an all-zero column: an unidentifiable parameter gets no step)."""
+    n = resid.size
+    for r in range(nf):
+        jr = jt[r]
+        acc = 0.0
+        for i in range(n):
+            acc += jr[i] * resid[i]
+        g[r] = acc
+        for c in range(r + 1):
+            jc = jt[c]
+            acc = 0.0
+            for i in range(n):
+                acc += jr[i] * jc[i]
+            a[r, c] = acc
+    for r in range(nf):
+        scale[r] = 1.0 / math.sqrt(a[r, r]) if a[r, r] > 0.0 else 0.0
+    for r in range(nf):
+        g[r] *= scale[r]
+        for c in range(r + 1):
+            a[r, c] *= scale[r] * scale[c]
+            a[c, r] = a[r, c]
+        if scale[r] == 0.0:
+            a[r, r] = 1.0
+
+
+@nb.njit(cache=True)
+def fit_peaks(x: np.ndarray, y: np.ndarray, w: np.ndarray, shapes: np.ndarray, n_base: int,
+              p0: np.ndarray, lower: np.ndarray, upper: np.ndarray, free: np.ndarray,
+              max_iter: int = 100, tol_sigma: float = 0.05
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bounded Levenberg–Marquardt fit of ``shapes`` peaks plus an ``n_base``-term baseline to
+    (x, y) with weights ``w`` (1/sigma). ``p0``, ``lower``, ``upper``, ``free`` cover the whole
+    parameter vector (see the module docstring).
+
+    Returns (p, cov, info): cov is n_params × n_params (zero rows/columns for fixed parameters,
+    NaN unless converged), info holds chi2, reduced chi2, iterations (model + Jacobian
+    evaluations) and converged (1/0); the cold-start and at-bound flags are left 0 (see
+    ``fit_guarded``).
+    """
+    m = p0.size
+    n = x.size
+    rows, index = _rows(shapes, n_base, free, lower, upper)
+    nf = index.size
+    n_pk = N_PEAK * shapes.size
+    p = p0.copy()
+    for k in range(shapes.size):
+        p[N_PEAK * k + ETA] = _shape_eta(shapes[k], p[N_PEAK * k + ETA])
+    _clip(p, lower, upper)
+    powers = _powers(x, n_base)
+    jt = _jacobian_buffer(x, n_base, powers, w, rows, nf, n_pk)
+    jt_t = _jacobian_buffer(x, n_base, powers, w, rows, nf, n_pk)
+    resid, resid_t = np.empty(n), np.empty(n)
+    a, chol = np.empty((nf, nf)), np.empty((nf, nf))
+    g, scale, step = np.empty(nf), np.empty(nf), np.empty(nf)
+    active = np.ones(nf, dtype=np.bool_)
+    p_t = np.empty(m)
+    dof = max(n - nf, 1)
+    signal = 0.0
+    for i in range(n):
+        signal += (w[i] * y[i]) ** 2
+    chi2_floor = 1e-28 * signal / n + 1e-300  # below this, chi2 counts as exactly zero
+    chi2 = _evaluate(x, y, w, shapes, n_base, powers, p, rows, jt, resid, True)
+    evaluations = 1
+    converged = False
+    lam = _LAMBDA0
+    if math.isfinite(chi2):
+        while True:
+            _normal_equations(jt, resid, nf, a, g, scale)
+            # hold parameters on a bound that the gradient pushes outward
+            for r in range(nf):
+                j = index[r]
+                active[r] = not ((p[j] <= lower[j] and g[r] < 0.0)
+                                 or (p[j] >= upper[j] and g[r] > 0.0))
+            # converged when the Gauss–Newton step is a small fraction of a standard error
+            if _cholesky_solve(a, 0.0, active, g, chol, step):
+                decrement = 0.0
+                for r in range(nf):
+                    decrement += step[r] * g[r]
+                if decrement <= tol_sigma * tol_sigma * max(chi2 / dof, chi2_floor):
+                    # take this last, tiny step without another evaluation
+                    for r in range(nf):
+                        p[index[r]] += step[r] * scale[r]
+                    _clip(p, lower, upper)
+                    converged = True
+                    break
+            accepted = False
+            while evaluations < max_iter and lam < _LAMBDA_MAX:
+                if not _cholesky_solve(a, lam, active, g, chol, step):
+                    lam *= 10.0
+                    continue
+                p_t[:] = p
+                for r in range(nf):
+                    p_t[index[r]] += step[r] * scale[r]
+                _clip(p_t, lower, upper)
+                chi2_t = _evaluate(x, y, w, shapes, n_base, powers, p_t, rows, jt_t, resid_t,
+                                   True)
+                evaluations += 1
+                if math.isfinite(chi2_t) and chi2_t < chi2:
+                    accepted = True
+                    p[:] = p_t
+                    chi2 = chi2_t
+                    jt, jt_t = jt_t, jt
+                    resid, resid_t = resid_t, resid
+                    lam = max(0.1 * lam, 1e-12)
+                    break
+                lam *= 10.0
+            if not accepted:
+                break
+    info = np.zeros(N_INFO)
+    info[CHI2] = chi2
+    info[CHI2_RED] = chi2 / (n - nf) if n > nf else np.nan
+    info[ITERATIONS] = evaluations
+    info[CONVERGED] = 1.0 if converged else 0.0
+    # covariance (JᵀJ)⁻¹·chi2_red, from the normal equations at p (scaled: a = S·JᵀJ·S)
+    cov = np.zeros((m, m))
+    active[:] = True
+    unit = np.zeros(nf)
+    for c in range(nf):
+        unit[:] = 0.0
+        unit[c] = 1.0
+        if not (converged and n > nf and scale[c] > 0.0
+                and _cholesky_solve(a, 0.0, active, unit, chol, step)):
+            for r in range(nf):
+                cov[index[r], index] = np.nan
+            break
+        for r in range(nf):
+            cov[index[r], index[c]] = step[r] * scale[r] * scale[c] * info[CHI2_RED]
+    return p, cov, info
+
+
+@nb.njit(cache=True)
+def cold_start(x: np.ndarray, y: np.ndarray, shapes: np.ndarray, n_base: int,
+               guess: np.ndarray, search_lo: np.ndarray, search_hi: np.ndarray,
+               lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """Initial parameters from the data: a straight baseline through the medians of the first
+    and last tenth of the samples, each peak at the highest point above it within
+    [search_lo[k], search_hi[k]] (the configured position when that range holds no sample), its
+    FWHM and eta from ``guess``, its area from the height there. Clipped into the bounds."""
+    n = x.size
+    m = guess.size
+    p = guess.copy()
+    edge = max(1, n // 10)
+    x_a, y_a = np.median(x[:edge]), np.median(y[:edge])
+    x_b, y_b = np.median(x[n - edge:]), np.median(y[n - edge:])
+    slope = (y_b - y_a) / (x_b - x_a) if x_b != x_a else 0.0
+    mid, half = _axis(x)
+    b0 = N_PEAK * shapes.size
+    if n_base >= 1:
+        p[b0] = y_a + slope * (mid - x_a)
+    if n_base >= 2:
+        p[b0 + 1] = slope * half
+    for b in range(2, n_base):
+        p[b0 + b] = 0.0
+    base = np.zeros(n)
+    if n_base >= 1:
+        base = p[b0] + slope * (x - mid) if n_base >= 2 else np.full(n, p[b0])
+    for k in range(shapes.size):
+        j = N_PEAK * k
+        best = -np.inf
+        for i in range(n):
+            if search_lo[k] <= x[i] <= search_hi[k] and y[i] - base[i] > best:
+                best = y[i] - base[i]
+                p[j + POS] = x[i]
+        eta = _shape_eta(shapes[k], guess[j + ETA])
+        p[j + ETA] = eta
+        height = max(best, 0.0) if math.isfinite(best) else 0.0
+        p[j + AREA] = height * p[j + FWHM] / (eta * _L_NORM + (1.0 - eta) * _G_NORM)
+    for j in range(m):
+        p[j] = min(max(p[j], lower[j]), upper[j])
+    return p
+
+
+@nb.njit(cache=True)
+def _pinned(p: np.ndarray, shapes: np.ndarray, lower: np.ndarray, upper: np.ndarray,
+            free: np.ndarray) -> bool:
+    """A fitted position or FWHM sitting on its bound."""
+    for k in range(shapes.size):
+        for j in (N_PEAK * k + POS, N_PEAK * k + FWHM):
+            if free[j] and lower[j] < upper[j] and (p[j] <= lower[j] or p[j] >= upper[j]):
+                return True
+    return False
+
+
+@nb.njit(cache=True)
+def _rank(p: np.ndarray, info: np.ndarray) -> int:
+    """0 good, 1 converged but pinned at a bound, 2 failed."""
+    ok = info[CONVERGED] == 1.0 and math.isfinite(info[CHI2])
+    for j in range(p.size):
+        ok = ok and math.isfinite(p[j])
+    return (0 if ok else 2) + int(info[AT_BOUND])
+
+
+@nb.njit(cache=True)
+def fit_guarded(x: np.ndarray, y: np.ndarray, w: np.ndarray, shapes: np.ndarray, n_base: int,
+                p_warm: np.ndarray, guess: np.ndarray, search_lo: np.ndarray,
+                search_hi: np.ndarray, lower: np.ndarray, upper: np.ndarray, free: np.ndarray,
+                chi2_ref: float, blowup: float, max_iter: int = 100, tol_sigma: float = 0.05
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``fit_peaks`` from ``p_warm`` with the divergence guard; a ``p_warm`` holding NaN means
+    no warm start. The refit starts from ``cold_start(..., guess, search_lo, search_hi, ...)``.
+    info[COLD_START] is 1 when the cold fit was made, info[AT_BOUND] 1 when a position or FWHM
+    of the kept fit is pinned at a bound. ``chi2_ref`` (NaN: none) is the last good reduced
+    chi2 of this fit; above ``blowup`` times it the warm result is distrusted."""
+    have_warm = True
+    p, cov, info = p_warm, np.empty((0, 0)), np.zeros(N_INFO)
+    for j in range(p_warm.size):
+        have_warm = have_warm and math.isfinite(p_warm[j])
+    if have_warm:
+        p, cov, info = fit_peaks(x, y, w, shapes, n_base, p_warm, lower, upper, free, max_iter,
+                                 tol_sigma)
+        info[AT_BOUND] = 1.0 if _pinned(p, shapes, lower, upper, free) else 0.0
+        blew_up = chi2_ref > 0.0 and info[CHI2_RED] > blowup * chi2_ref
+        if _rank(p, info) == 0 and not blew_up:
+            return p, cov, info
+    p0 = cold_start(x, y, shapes, n_base, guess, search_lo, search_hi, lower, upper)
+    pc, covc, infoc = fit_peaks(x, y, w, shapes, n_base, p0, lower, upper, free, max_iter,
+                                tol_sigma)
+    infoc[AT_BOUND] = 1.0 if _pinned(pc, shapes, lower, upper, free) else 0.0
+    infoc[COLD_START] = 1.0
+    if have_warm:
+        infoc[ITERATIONS] += info[ITERATIONS]
+        rank_w, rank_c = _rank(p, info), _rank(pc, infoc)
+        if rank_w < rank_c or (rank_w == rank_c and info[CHI2] < infoc[CHI2]):
+            info[COLD_START] = 1.0
+            info[ITERATIONS] = infoc[ITERATIONS]
+            return p, cov, info
+    return pc, covc, infoc
