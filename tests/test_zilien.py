@@ -15,6 +15,7 @@ from adapters.zilien import (
     TableError,
     clock_alignment,
     find_mpts,
+    parse_header,
     read_zilien,
     zilien_frames,
 )
@@ -207,3 +208,28 @@ def test_malformed_ixdat_csv(tmp_path: Path) -> None:
     headless = _copy_lines(src, tmp_path / "headless.csv", lambda ls: ls[:10])
     with pytest.raises(TableError, match=r"no 'N_header_lines = N' line"):
         read_ixdat_csv(headless)
+
+
+def test_chunked_feeding_matches_whole_file() -> None:
+    """A live follower feeds the lines appended to a growing file in arbitrary chunks."""
+    path = _need(V1)
+    lines = path.read_text().splitlines()
+    header = parse_header(path, lines[:200])
+    table = header.new_table()
+    rng = np.random.default_rng(3)
+    k = header.data_start_line - 1
+    while k < len(lines):
+        n = int(rng.integers(1, 60))
+        table.add_lines(lines[k:k + n], k + 1)
+        k += n
+    whole = read_zilien(path)
+    for s in header.series:
+        t_chunked, v_chunked = table.series(s.name)
+        t_whole, v_whole = whole.series(s.name)
+        np.testing.assert_array_equal(t_chunked, t_whole)
+        for column in v_whole:
+            np.testing.assert_array_equal(v_chunked[column], v_whole[column])
+    # the v1 start time comes from the file name, in the zone given
+    shifted = read_zilien(path, utc_offset_h=2.0)
+    assert whole.start_ns - shifted.start_ns == 2 * 3600 * 10**9
+    assert shifted.start_source == "file name (local time, UTC+2 h)"
