@@ -40,8 +40,8 @@ CHI2, CHI2_RED, ITERATIONS, CONVERGED, COLD_START, AT_BOUND = range(6)
 N_INFO = 6
 
 _LN2 = math.log(2.0)
-_G_NORM = 2.0 * math.sqrt(_LN2 / math.pi)  # Gaussian of unit area and FWHM 1 at its centre
-_L_NORM = 2.0 / math.pi                     # Lorentzian of unit area and FWHM 1 at its centre
+G_NORM = 2.0 * math.sqrt(_LN2 / math.pi)  # Gaussian of unit area and FWHM 1 at its centre
+L_NORM = 2.0 / math.pi                     # Lorentzian of unit area and FWHM 1 at its centre
 _LAMBDA0, _LAMBDA_MAX = 1e-6, 1e16
 # Let LLVM reorder sums so the dot products vectorise; NaN/inf semantics stay exact.
 _REASSOC = {"reassoc", "contract"}
@@ -56,7 +56,7 @@ def n_params(n_peaks: int, degree: int) -> int:
 @nb.njit(cache=True)
 def peak_height(fwhm: float, area: float, eta: float) -> float:
     """Maximum of an area-normalised pseudo-Voigt."""
-    return area / fwhm * (eta * _L_NORM + (1.0 - eta) * _G_NORM)
+    return area / fwhm * (eta * L_NORM + (1.0 - eta) * G_NORM)
 
 
 @nb.njit(cache=True)
@@ -95,7 +95,7 @@ def _evaluate(x: np.ndarray, y: np.ndarray, w: np.ndarray, shapes: np.ndarray, n
         eta = _shape_eta(shape, p[j + ETA])
         use_l, use_g = shape != GAUSSIAN, shape != LORENTZIAN
         s = 4.0 / (fw * fw)
-        l_norm, g_norm = _L_NORM / fw, _G_NORM / fw
+        l_norm, g_norm = L_NORM / fw, G_NORM / fw
         jp, jw, ja, je = jt[rows[j + POS]], jt[rows[j + FWHM]], jt[rows[j + AREA]], \
             jt[rows[j + ETA]]
         for i in range(n):
@@ -428,7 +428,7 @@ def cold_start(x: np.ndarray, y: np.ndarray, shapes: np.ndarray, n_base: int,
         eta = _shape_eta(shapes[k], guess[j + ETA])
         p[j + ETA] = eta
         height = max(best, 0.0) if math.isfinite(best) else 0.0
-        p[j + AREA] = height * p[j + FWHM] / (eta * _L_NORM + (1.0 - eta) * _G_NORM)
+        p[j + AREA] = height * p[j + FWHM] / (eta * L_NORM + (1.0 - eta) * G_NORM)
     for j in range(m):
         p[j] = min(max(p[j], lower[j]), upper[j])
     return p
