@@ -16,8 +16,8 @@ processors.kernels.coulomb) is joined to each pressure sample at time t as Q at 
 sample <= t, on a time base shared by the cell's streams (epoch ns). Frames of the two streams
 may arrive interleaved in any order within ``max_lag_s``; within one stream they must arrive in
 time order (the transport's ``seq`` reordering provides that). A pressure sample waits until the
-echem stream has reached its time, or until the newest time seen on the cell is more than
-``max_lag_s`` past it (then it is joined with what has arrived and counted as ``stale_joins``);
+echem stream has reached its time, or until the newest time seen on the cell is ``max_lag_s``
+past it (0: no wait) (then it is joined with what has arrived and counted as ``stale_joins``);
 ``flush`` releases the rest. Echem samples are kept only back to the last one at or before
 max(last released pressure time, newest echem time - max_lag_s), so memory is bounded by
 ``max_lag_s`` times the sampling rates. Pressure samples older than one already released are
@@ -49,7 +49,8 @@ least-squares slope (processors.gas.SlidingSlope, ``rate_window_s``) of the amou
 times the slope of Q_state. z = Q / (F dn) in electrons per gas molecule, with dn the gas made
 (leak added back, reversible part removed): ``z_electrons_per_molecule`` over the last
 ``z_window_s`` and ``z_half_cycle`` since the current half-cycle began (half-cycles as in the
-electrochem processor). Positive when gas evolves on charge; NaN while |dn| < ``z_min_mol``.
+electrochem processor). Positive when gas evolves on charge; NaN while |dn| < ``z_min_mol``
+(set it to ~10x the noise of n) or when no charge is known at the sample.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ class PressureConfig(ProcessorConfig):
     initial_moles_mol: float | None = None
     rate_window_s: float = Field(60.0, gt=0)
     z_window_s: float = Field(3600.0, gt=0)
-    z_min_mol: float = Field(1e-8, gt=0)
+    z_min_mol: float = Field(1e-7, gt=0)   # ~10x the noise of n (2 Pa in 10 mL: 8e-9 mol)
     max_lag_s: float = Field(10.0, ge=0)
     current_threshold_A: float = Field(1e-5, ge=0)
     expansion_mL_per_Ah: float | None = None
@@ -364,8 +365,11 @@ class PressureProcessor(Processor):
         win.append((t, q_state, y))
         while len(win) >= 2 and win[1][0] <= t - c.z_window_s:
             win.popleft()
-        z_roll = self._z(q_state - win[0][1], y - win[0][2], beta)
-        z_hc = self._z(q_state - st.hc_anchor[0], y - st.hc_anchor[1], beta)
+        if math.isnan(charge):  # no charge known at this sample: no z
+            z_roll = z_hc = math.nan
+        else:
+            z_roll = self._z(q_state - win[0][1], y - win[0][2], beta)
+            z_hc = self._z(q_state - st.hc_anchor[0], y - st.hc_anchor[1], beta)
         slope = st.rate.update(t, np.array([y, q_state]))
         rate = float(slope[0] - beta * slope[1])
         st.prev = (t, q_state, y, n)
