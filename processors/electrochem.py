@@ -123,6 +123,10 @@ class ElectrochemProcessor(Processor):
         self._r_names = ["r0_ohm"] + [f"r_{d:g}s_ohm" for d in c.resistance_delays_s]
         table = np.array(c.ocv_table, dtype=np.float64).reshape(-1, 2)
         self._ocv_soc, self._ocv_v = table[:, 0].copy(), table[:, 1].copy()
+        # without an anchor SOC stays unknown: skip the kernel
+        self._soc_on = (c.soc_v_full is not None or c.soc_v_empty is not None
+                        or len(c.ocv_table) > 0)
+        self._no_soc = np.full(1, np.nan)
 
     def _new_cell(self) -> _CellState:
         st = _CellState()
@@ -164,16 +168,19 @@ class ElectrochemProcessor(Processor):
                                         c.resistance_min_step_fraction, self._delays,
                                         c.resistance_trend_s, st.steps)
         out.extend(self._resistance_frame(frame, row) for row in rows)
-        soc_now = soc.track_soc(t_abs, voltage, current, q_total, st.soc, c.current_threshold_A,
-                                _or_nan(c.soc_v_full), _or_nan(c.soc_v_empty), c.soc_v_tol,
-                                c.soc_taper_C, self._ocv_v, self._ocv_soc, c.ocv_rest_s)
         last = len(t) - 1
+        soc_now = self._no_soc
+        if self._soc_on:
+            soc_now = soc.track_soc(t_abs, voltage, current, q_total, st.soc,
+                                    c.current_threshold_A, _or_nan(c.soc_v_full),
+                                    _or_nan(c.soc_v_empty), c.soc_v_tol, c.soc_taper_C,
+                                    self._ocv_v, self._ocv_soc, c.ocv_rest_s)[last:]
         out.append(self.emit(frame, "result.echem", frame.t0_ns + round(float(t[last]) * 1e9), {
             "t": np.zeros(1),
             "voltage": voltage[last:],
             "current": current[last:],
             "charge_Ah": q_total[last:],
-            "soc": soc_now[last:],
+            "soc": soc_now,
             "cycle": np.array([st.cycle], dtype=np.int64),
             "half_cycle": np.array([st.half_cycle], dtype=np.int64),
         }, {"t": "s", "voltage": "V", "current": "A", "charge_Ah": "Ah"}))
@@ -208,7 +215,10 @@ class ElectrochemProcessor(Processor):
                 cut = start + int(np.searchsorted(t_abs[start:stop],
                                                   st.next_partial_s - TIME_EPS)) + 1
             end = min(cut, stop)
-            dqdv.bin_charge(voltage[start:end], q_total[start:end], current[start:end],
+            whole = start == 0 and end == len(t)  # the usual case: no copies
+            dqdv.bin_charge(voltage if whole else voltage[start:end],
+                            q_total if whole else q_total[start:end],
+                            current if whole else current[start:end],
                             st.dqdv_state, st.dqdv_bins, c.dqdv_v_min, c.dqdv_bin_V,
                             c.dqdv_min_current_fraction)
             if cut <= stop:  # crossed a live-curve boundary at sample cut - 1
