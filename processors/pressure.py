@@ -5,7 +5,8 @@ Consumes the ``pressure`` stream of a cell (``t``, ``pressure``, ``temperature``
 stream of the SAME cell (same experiment and cell, any instrument name: ``t``, ``voltage``,
 ``current``). Emits ``result.pressure`` frames, one sample per pressure sample.
 
-**Moles.** n = p V / (R T) at every sample, with p corrected for the sensor's temperature offset,
+**Moles.** n = p V / (R T) at every sample with the configured headspace V (the apparent amount:
+the reversible part is separated below), with p corrected for the sensor's temperature offset,
 p - offset_Pa_per_K (T - offset_reference_C), and T from the frame (``temperature_source =
 "frame"``) or fixed. Units are read from the frame (Pa, hPa, mbar, kPa, bar; degC or K).
 ``delta_moles`` is n minus the initial amount: ``initial_moles_mol`` when given, else the mean of
@@ -13,7 +14,8 @@ the first ``baseline_samples`` samples (a running mean until that many have arri
 
 **Charge: an as-of join.** The cumulative charge Q (coulomb counting of the echem current,
 processors.kernels.coulomb) is joined to each pressure sample at time t as Q at the last echem
-sample <= t, on a time base shared by the cell's streams (epoch ns). Frames of the two streams
+sample <= t, on a time base shared by the cell's streams (epoch ns; clock offsets between the
+instruments are not corrected here). One echem stream per cell. Frames of the two streams
 may arrive interleaved in any order within ``max_lag_s``; within one stream they must arrive in
 time order (the transport's ``seq`` reordering provides that). A pressure sample waits until the
 echem stream has reached its time, or until the newest time seen on the cell is ``max_lag_s``
@@ -32,7 +34,8 @@ while n_irr is the gas made (less what a known capillary leak removes). beta (mo
   beta = p k / (R T) at each sample, the volume the electrode takes away per Ah;
 - else estimated online from the discharge branch: every ``beta_chunk_s`` of uninterrupted
   discharge is one chunk, and the least-squares slope d(n + leaked)/dQ over the chunk is one
-  estimate; beta is the median of the last ``beta_chunks`` chunk slopes (0 until the first).
+  estimate; beta is the median of the last ``beta_chunks`` chunk slopes (0 until the first,
+  so until the first discharge n_irreversible still holds the reversible part).
   Why the discharge: gas made while charging adds to the charge-branch slope (beta + gas/dQ),
   so charge chunks overestimate beta; on discharge most of the branch makes no gas and its slope
   is beta itself. Gas made during a minority of the discharge (O2 at high state of charge at its
@@ -124,7 +127,7 @@ class DischargeSlope:
 
     def _reset(self) -> None:
         self.n = 0
-        self.t_start = self.q0 = self.y0 = 0.0
+        self.t_start = self.t_last = self.q0 = self.y0 = 0.0
         self.sq = self.sqq = self.sy = self.sqy = 0.0
 
     def _add(self, t: float, q: float, y: float) -> None:

@@ -13,7 +13,6 @@ from scipy.integrate import cumulative_trapezoid
 
 from adapters.sim import engine as E
 from adapters.sim.experiment import (
-    CellTemplate,
     FaultSpec,
     Scenario,
     SimExperiment,
@@ -24,6 +23,8 @@ from processors.gas import R_GAS
 from processors.pressure import FARADAY, DischargeSlope, PressureConfig, PressureProcessor
 from stream.frame import Frame, FrameError
 
+from .test_gas import _quiet_cell  # a cell that makes no gas of its own
+
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 AUX_LOG = REAL / "aux_pressure_log" / "fhimcpt_measurement.csv"
 T0_NS = 1_767_225_600_000_000_000
@@ -32,10 +33,6 @@ T0_NS = 1_767_225_600_000_000_000
 def _sigma_n(headspace_mL: float = 10.0, temp_C: float = 25.0) -> float:
     """Moles of the simulator's 2 Pa pressure noise."""
     return 2.0 * headspace_mL * 1e-6 / (R_GAS * (temp_C + 273.15))
-
-
-def _quiet_cell(**kw) -> CellTemplate:
-    return CellTemplate(sei_rate_mol_s=0.0, crosstalk_rate_mol_s=0.0, o2_rate_mol_s=0.0, **kw)
 
 
 def _run(ex: SimExperiment, procs: list[PressureProcessor], seconds: int,
@@ -225,7 +222,7 @@ def test_reversible_irreversible_split_over_cycles() -> None:
     sc.cell.electrode_expansion_mL = 0.02
     ex = SimExperiment("t", sc, 1, 0)
     proc = PressureProcessor(PressureConfig(offset_Pa_per_K=3.0, leak_per_s=sc.cell.leak_per_s))
-    (out,), truth = _run(ex, [proc], 12 * 3600)
+    (out,), truth = _run(ex, [proc], 9 * 3600)
     true_irr = truth["n"] - truth["n"][0]
     delta = _cat(out, "delta_moles")
     q_state = _cat(out, "charge_Ah") - _cat(out, "charge_Ah")[0]
@@ -251,7 +248,7 @@ def test_configured_expansion_splits_from_the_first_sample() -> None:
     proc = PressureProcessor(PressureConfig(
         offset_Pa_per_K=3.0, leak_per_s=sc.cell.leak_per_s, expansion_mL_per_soc=0.02,
         capacity_Ah=capacity))
-    (out,), truth = _run(ex, [proc], 3 * 3600)
+    (out,), truth = _run(ex, [proc], 9000)
     err = _cat(out, "n_irreversible") - (truth["n"] - truth["n"][0])
     assert np.abs(err).max() < 5 * _sigma_n()
     assert out[-1].meta["beta_source"] == "configured"
