@@ -129,6 +129,10 @@ class RadialTable:
         """``integrate``, and the summed weight of the valid pixels per bin (pyFAI's count)."""
         if image.shape != self.shape:
             raise ValueError(f"image shape {image.shape} does not match the table {self.shape}")
+        if image.dtype == np.float16:            # numba reads neither half floats ...
+            image = image.astype(np.float32)
+        elif not image.dtype.isnative:           # ... nor foreign byte order
+            image = image.astype(image.dtype.newbyteorder("="))
         signal, skipped_norm, skipped_weight = self._pass(
             np.ascontiguousarray(image).reshape(-1), min_valid)
         # all-skipped bins subtract the same sums in the same order: exactly 0 left
@@ -222,6 +226,10 @@ class AzimuthalProcessor(Processor):
         self.spec = AxisSpec(cfg.npt, cfg.unit, cfg.radial_range, cfg.split, cfg.solid_angle,
                              cfg.polarization_factor)
         self._mask = load_mask(cfg.mask_file) if cfg.mask_file else None
+        if cfg.poni_file is not None:            # a bad file fails here, not at the first frame
+            PoniGeometry.from_poni_file(cfg.poni_file, (1, 1))
+        elif cfg.poni is not None:
+            PoniGeometry.from_dict(cfg.poni, (1, 1))
         self._config_geoms: dict[tuple[int, int], PoniGeometry] = {}
         self._tables: OrderedDict[PoniGeometry, RadialTable] = OrderedDict()
         self._min_valid = 0.0 if cfg.mask_negative else -np.inf

@@ -336,8 +336,12 @@ def test_processor_poni_file_mask_file_and_gaps(tmp_path: Path, dioptas_frame: n
 def test_processor_inline_poni_and_frame_errors() -> None:
     g = dataclasses.replace(SMALL, shape=(120, 90))
     proc = AzimuthalProcessor(AzimuthalConfig(npt=30, poni=g.to_dict()))
-    image = np.ones(g.shape, dtype=np.uint16)
-    assert proc.process(_image_frame(image))[0].arrays["intensity"].max() > 0
+    image = np.random.default_rng(3).integers(0, 1000, g.shape).astype(np.uint16)
+    expect = proc.process(_image_frame(image))[0].arrays["intensity"]
+    assert expect.min() > 0
+    for dtype in (">u2", "<f2", ">f8", "<i8"):        # wire dtypes numba cannot read directly
+        same = proc.process(_image_frame(image.astype(dtype)))[0].arrays["intensity"]
+        np.testing.assert_allclose(same, expect, rtol=1e-6)
     cases = {
         "arrays.image": [_image_frame(np.ones((120, 90, 2), np.int32)),     # not 2-D
                          _image_frame(np.ones((90, 120), np.int32)),         # not the PONI shape
@@ -360,6 +364,10 @@ def test_processor_inline_poni_and_frame_errors() -> None:
     assert err.value.field == "meta.poni"
     with pytest.raises(ValueError):
         AzimuthalConfig(poni_file="a.poni", poni={"dist": 0.1})
+    with pytest.raises(ValueError, match="wavelength"):      # a bad inline PONI fails at once
+        AzimuthalProcessor(AzimuthalConfig(poni=bad))
+    with pytest.raises(FileNotFoundError):
+        AzimuthalProcessor(AzimuthalConfig(poni_file="/nonexistent.poni"))
 
 
 def test_processor_keeps_one_table_per_geometry() -> None:
@@ -374,3 +382,21 @@ def test_processor_keeps_one_table_per_geometry() -> None:
     for seq, geom in enumerate(geoms[1:], start=2):
         proc.process(_image_frame(image, {"poni": geom.to_dict()}, seq=seq))
     assert list(proc._tables) == geoms[1:]                      # least recently used dropped
+
+
+@needs_real
+def test_processor_pattern_feeds_the_peaks_processor(dioptas_frame: np.ndarray,
+                                                     real_geom: PoniGeometry) -> None:
+    # real frame -> azimuthal -> peaks: the CeO2 calibrant's lattice parameter (5.411 Å)
+    from processors.peaks import PeaksConfig, PeaksProcessor
+    (pattern,) = AzimuthalProcessor(AzimuthalConfig(poni_file=str(PONI), npt=1512)).process(
+        _image_frame(dioptas_frame))
+    peaks = []
+    for hkl in ((1, 1, 1), (2, 0, 0), (2, 2, 0), (3, 1, 1)):
+        tth = float(D.bragg_two_theta(5.411 / math.sqrt(sum(i * i for i in hkl)), 4.066e-11))
+        peaks.append({"name": "CeO2(" + "".join(map(str, hkl)) + ")", "position": tth,
+                      "fwhm": 0.06, "window": 0.3, "hkl": hkl})
+    results = PeaksProcessor(PeaksConfig(peaks=peaks)).process(pattern)
+    lattice = [float(f.arrays["lattice_a"][0]) for f in results if f.kind == "result.peak"]
+    assert len(lattice) == 4
+    np.testing.assert_allclose(lattice, 5.411, atol=0.003)
