@@ -69,7 +69,8 @@ DEFAULT_LIMITS: dict[str, RangeLimit] = {
 
 class SensorFaultsConfig(ProcessorConfig):
     detectors: list[DetectorName] = ["dropout", "out_of_range", "stuck", "spikes"]
-    exclude: list[str] = ["step", "cycle", "half_cycle", "q_*"]  # not sensor channels
+    # arrays that are not sensor channels: counters, integrals, per-channel sample times
+    exclude: list[str] = ["step", "cycle", "half_cycle", "selector", "q_*", "t_*"]
     rearm_s: float = 5.0
     dropout_s: float = 2.0
     dropout_periods: float = 5.0
@@ -165,6 +166,11 @@ class SensorFaultProcessor(Processor):
             return []
         names_of = {row: name for name, row in st.index.items()}
         return [self._event(frame, names_of[int(e[0])], e) for e in found]
+
+    def channels(self, stream: str) -> list[str]:
+        """The channels monitored on a stream so far."""
+        st = self._streams.get(stream)
+        return list(st.index) if st else []
 
     def _rows(self, frame: Frame, st: _StreamState, channels: tuple[str, ...]) -> np.ndarray:
         """State rows of these channels; new channels get fresh detectors."""

@@ -12,6 +12,7 @@ import pytest
 from scipy.signal import lfilter
 
 from adapters.biologic import read_mpt
+from adapters.ixdat_csv import read_ixdat_csv
 from adapters.sim.experiment import FaultSpec, SimExperiment, load_scenario
 from processors.kernels import sensor as K
 from processors.sensor_faults import (
@@ -28,6 +29,7 @@ REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 GCPL = REAL / "potentiostat" / "gcpl.pr_182.1.mpt"
 NEWARE = REAL / "potentiostat" / "neware_uio.csv"
 FHI = REAL / "aux_pressure_log" / "fhimcpt_measurement.csv"
+ECMS = REAL / "ecms" / "the_good_bit.csv"
 
 # -- the simulator's faults ------------------------------------------------------------------
 INSTRUMENTS = ("potentiostat", "pressure", "oems")   # on cell01, cell02, cell03
@@ -106,7 +108,8 @@ def test_clean_cycling_raises_no_sensor_events() -> None:
 
 
 def test_blocking_does_not_change_the_events() -> None:
-    """The same samples cut into frames of 1, 7 or 100 samples give the same events."""
+    """The same samples cut into frames of 1, 7, 100 or 3000 samples give the same events, in order
+    of detection across channels."""
     t = np.arange(3000) * 0.1
     rng = np.random.default_rng(5)
     v = 3.7 + 1e-4 * t + rng.normal(0, 2e-4, t.size)
@@ -114,21 +117,29 @@ def test_blocking_does_not_change_the_events() -> None:
     v[1500:1540] = np.nan                      # dropout
     v[[2000, 2100, 2150]] *= 2.0               # spikes
     v[2500:2600] = 9.0                         # out of range
+    i = 0.05 + rng.normal(0, 5e-6, t.size)
+    i[500:540] = np.nan                        # dropout, before any on the voltage
+    i[2200:2400] = i[2199]                     # stuck, between the voltage's spikes and range
     results = []
-    for block in (1, 7, 100):
+    for block in (1, 7, 100, 3000):
         proc = SensorFaultProcessor()
         out = []
         for k, s in enumerate(range(0, t.size, block)):
             sl = slice(s, s + block)
             out += proc.process(Frame("x/c/pot", "echem", k, int(round(t[s] * 1e9)),
-                                      {"t": t[sl] - t[s], "voltage": v[sl]}, {"voltage": "V"}))
-        results.append([(e.meta["event"], e.t0_ns, e.arrays["latency_s"][0]) for e in out])
-    assert [r[0] for r in results[0]] == ["sensor_stuck", "sensor_dropout", "sensor_spikes",
-                                          "sensor_out_of_range"]
+                                      {"t": t[sl] - t[s], "voltage": v[sl], "current": i[sl]},
+                                      {"voltage": "V", "current": "A"}))
+        results.append([(e.meta["event"], e.meta["channel"], e.t0_ns,
+                         e.t0_ns * 1e-9 + e.arrays["latency_s"][0]) for e in out])
+    assert [r[:2] for r in results[0]] == [
+        ("sensor_dropout", "current"), ("sensor_stuck", "voltage"), ("sensor_dropout", "voltage"),
+        ("sensor_spikes", "voltage"), ("sensor_stuck", "current"),
+        ("sensor_out_of_range", "voltage")]
+    detected = [r[3] for r in results[0]]
+    assert detected == sorted(detected)
     for other in results[1:]:
-        assert [r[:2] for r in other] == [r[:2] for r in results[0]]
-        np.testing.assert_allclose([r[2] for r in other], [r[2] for r in results[0]],
-                                   atol=1e-9)
+        assert [r[:3] for r in other] == [r[:3] for r in results[0]]
+        np.testing.assert_allclose([r[3] for r in other], detected, rtol=0, atol=1e-6)
 
 
 def test_malformed_frames_name_stream_and_field() -> None:
@@ -340,6 +351,19 @@ def test_real_neware_cycling_has_no_sensor_faults() -> None:
     frames = _blocks("lab/c1/potentiostat", "echem", t, {"voltage": v, "current": i},
                      {"voltage": "V", "current": "A"}, 60)
     assert _events(frames) == []
+
+
+@pytest.mark.skipif(not ECMS.exists(), reason=f"real data not found at {ECMS}")
+def test_real_ec_ms_session_has_no_sensor_faults() -> None:
+    # 750 s of CVs (0.01-1.70 V at 20 mV/s, 3 Hz) and 7 ion currents (1.5 s per cycle) from
+    # 6e-15 to 5e-10 A, with H2 and O2 peaks at the CV vertices
+    data = read_ixdat_csv(ECMS)
+    frames = [data.echem_frame("lab/c1/potentiostat"), data.ms_frame("lab/c1/oems")]
+    proc = SensorFaultProcessor()
+    assert [e for f in frames for e in proc.process(f)] == []
+    # every ion current got its four detectors; the per-channel sample times are no channel
+    assert proc.channels("lab/c1/oems") == [f"m{mz}" for mz in (2, 4, 18, 28, 32, 40, 44)]
+    assert proc.channels("lab/c1/potentiostat") == ["voltage", "current"]
 
 
 @pytest.mark.skipif(not GCPL.exists(), reason=f"real data not found at {GCPL}")

@@ -1,8 +1,8 @@
 """Per-channel sensor-fault detectors: dropout, out of range, stuck value and spikes.
 
 Each channel carries one state row (layout below) between blocks. ``monitor`` runs the enabled
-detectors over a block, sample by sample (so events come out in time order), in O(1) per sample
-and channel, and returns one row per event: [state row, kind, onset t, detection t, e1..e4].
+detectors over a block in O(1) per sample and channel, and returns one row per event:
+[state row, kind, onset t, detection t, e1..e4].
 The evidence e1..e4 per kind is listed at ``EVIDENCE`` in ``processors/sensor_faults.py``.
 
 A missing sample (NaN/inf) feeds only the dropout detector. A sample outside the range limits
@@ -202,12 +202,19 @@ def stuck_step(s: np.ndarray, t: float, x: float, p: np.ndarray, zero_ok: bool,
 
 
 @nb.njit(cache=True)
+def _median(values: np.ndarray) -> float:
+    v = np.sort(values)
+    h = v.shape[0] // 2
+    return v[h] if v.shape[0] % 2 else 0.5 * (v[h - 1] + v[h])
+
+
+@nb.njit(cache=True)
 def _start_level(s: np.ndarray, n: int) -> None:
     """End of warm-up: level = median, scale from the median absolute deviation."""
     buf = s[K_WARM:K_WARM + n]
-    level = np.median(buf)
+    level = _median(buf)
     dev = np.abs(buf - level)
-    scale = np.median(dev) * MAD_TO_MEAN_ABS
+    scale = _median(dev) * MAD_TO_MEAN_ABS
     if scale == 0.0:  # coarse quantisation: more than half the samples on the median
         scale = np.mean(dev)
     s[K_LEVEL], s[K_SCALE], s[K_RUNNING] = level, scale, 1.0
@@ -301,35 +308,50 @@ def monitor(t: np.ndarray, x: np.ndarray, rows: np.ndarray, state: np.ndarray,
             chan: np.ndarray, p: np.ndarray, enabled: np.ndarray) -> np.ndarray:
     """Run the enabled detectors (``enabled[kind]``) over a block: ``x`` is (channels,
     samples), ``rows[c]`` the state/chan row of channel c. Returns the events as rows
-    [row, kind, onset t, detection t, e1, e2, e3, e4]."""
+    [row, kind, onset t, detection t, e1, e2, e3, e4], in order of detection (then channel)."""
     events = np.empty((8, 8))
     m = 0
     ev = np.zeros(5)
-    for k in range(t.shape[0]):
-        tk = t[k]
-        for c in range(x.shape[0]):
-            r = rows[c]
-            s = state[r]
+    do_dropout, do_range = enabled[DROPOUT], enabled[OUT_OF_RANGE]
+    do_stuck, do_spikes = enabled[STUCK], enabled[SPIKES]
+    for c in range(x.shape[0]):
+        r = rows[c]
+        s = state[r]
+        low, high, hyst = chan[r, C_LOW], chan[r, C_HIGH], chan[r, C_HYST]
+        zero_ok, resolution = chan[r, C_ZERO_OK] != 0.0, chan[r, C_RESOLUTION]
+        for k in range(t.shape[0]):
+            tk = t[k]
             xv = x[c, k]
-            ev[:] = 0.0
-            if enabled[DROPOUT] and dropout_step(s, tk, xv, p, ev):
+            if do_dropout and dropout_step(s, tk, xv, p, ev):
                 events = _push(events, m, r, DROPOUT, tk, ev)
                 m += 1
             in_range = math.isfinite(xv)
-            if in_range and enabled[OUT_OF_RANGE]:
-                code = range_step(s, tk, xv, chan[r, C_LOW], chan[r, C_HIGH], chan[r, C_HYST],
-                                  p, ev)
+            if in_range and do_range:
+                code = range_step(s, tk, xv, low, high, hyst, p, ev)
                 if code == 2:
                     events = _push(events, m, r, OUT_OF_RANGE, tk, ev)
                     m += 1
                 in_range = code == 0
-            if enabled[STUCK] and stuck_step(s, tk, xv if in_range else np.nan, p,
-                                             chan[r, C_ZERO_OK] != 0.0, chan[r, C_RESOLUTION],
-                                             ev):
+            if do_stuck and stuck_step(s, tk, xv if in_range else np.nan, p, zero_ok,
+                                       resolution, ev):
                 events = _push(events, m, r, STUCK, tk, ev)
                 m += 1
             # an isolated sample beyond the limits is a spike; a lasting one is a level shift
-            if enabled[SPIKES] and spike_step(s, tk, xv, p, ev):
+            if do_spikes and spike_step(s, tk, xv, p, ev):
                 events = _push(events, m, r, SPIKES, tk, ev)
                 m += 1
-    return events[:m]
+    return _by_time(events[:m])
+
+
+@nb.njit(cache=True)
+def _by_time(events: np.ndarray) -> np.ndarray:
+    """Rows in order of detection time, stable (channel order at a tie): insertion sort, as
+    a block has few events."""
+    for i in range(1, events.shape[0]):
+        row = events[i].copy()
+        j = i - 1
+        while j >= 0 and events[j, 3] > row[3]:
+            events[j + 1] = events[j]
+            j -= 1
+        events[j + 1] = row
+    return events
