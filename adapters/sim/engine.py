@@ -144,8 +144,7 @@ def step_cells(state: np.ndarray, params: np.ndarray, protocol: np.ndarray, n_ro
             else:
                 done = _step_done(kind, end_kind, end_value, s[S_STEP_T], v, i)
             if done:
-                if i > 0:
-                    s[S_CHARGE_C] = abs(setpoint)
+                s[S_CHARGE_C] = abs(setpoint) if i > 0 else 0.0  # C-rate of the last charge
                 if kind == CC and setpoint < 0:  # a discharge closes the cycle
                     s[S_CYCLE] += 1
                     s[S_CAP] = p[P_CAP] * max(0.2, 1.0 - p[P_FADE] * s[S_CYCLE])
