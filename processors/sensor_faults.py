@@ -80,9 +80,9 @@ class SensorFaultsConfig(ProcessorConfig):
     range_min_samples: int = 3
     stuck_s: float = 10.0
     stuck_min_samples: int = 5
-    stuck_learn_samples: int = 100       # EWMA horizon and warm-up, in changed samples
+    stuck_learn_samples: int = Field(100, ge=2)  # EWMA horizon and warm-up, changed samples
     stuck_max_unchanged: float = 0.5
-    stuck_significance: float = 1e-6
+    stuck_significance: float = Field(1e-6, gt=0.0, lt=1.0)
     stuck_zero_ok: list[str] = ["current"]
     stuck_resolution: dict[str, float] = {}  # channel-name pattern -> resolution
     spike_z: float = 10.0
