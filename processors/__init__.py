@@ -11,6 +11,9 @@ REGISTRY: dict[str, str] = {
     "alerts": "processors.alert_rules:AlertRuleProcessor",
     "gas": "processors.gas:GasProcessor",
     "events": "processors.events:EventProcessor",
+    "pressure": "processors.pressure:PressureProcessor",
+    "sensor_faults": "processors.sensor_faults:SensorFaultProcessor",
+    "azimuthal": "processors.azimuthal:AzimuthalProcessor",
 }
 
 

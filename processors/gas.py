@@ -28,7 +28,7 @@ from stream.frame import Frame, FrameError
 
 from .base import Processor, ProcessorConfig
 from .kernels.nnls import nnls_many
-from .mass_spec import cracking_matrix
+from .mass_spec import SENSITIVITY, cracking_matrix
 
 R_GAS = 8.314462618
 
@@ -47,6 +47,9 @@ class GasConfig(ProcessorConfig):
     capillary_delay_s: float = 4.0
     ar_fraction: float = 0.01          # flow cell: Ar in the carrier
     window_s: float = 30.0             # slope window for derivatives
+    # calibrated gases: ion current (A) at the base peak per unit mole fraction, replacing
+    # SENSITIVITY[gas] * sensitivity_A for them (see processors/gas_calibration.py)
+    sensitivities_A: dict[str, float] = {}
     electrode_area_cm2: float | None = None
     active_mass_g: float | None = None
 
@@ -109,6 +112,9 @@ class GasProcessor(Processor):
         super().__init__(config)
         c = self.config
         self.matrix = cracking_matrix(c.channels, c.gases) * c.sensitivity_A
+        for j, gas in enumerate(c.gases):
+            if gas in c.sensitivities_A:
+                self.matrix[:, j] *= c.sensitivities_A[gas] / (SENSITIVITY[gas] * c.sensitivity_A)
         self._state: dict[str, _GasState] = {}
         T = c.temperature_C + 273.15
         self.n_total = c.pressure_Pa * c.headspace_mL * 1e-6 / (R_GAS * T)

@@ -35,7 +35,7 @@ from scipy.ndimage import median_filter
 from stream.frame import Frame, FrameError
 
 from .gas import R_GAS, GasConfig
-from .mass_spec import CRACKING, SENSITIVITY
+from .mass_spec import CRACKING
 
 FARADAY = physical_constants["Faraday constant"][0]
 # gas -> (electrons per molecule, sign of the evolving current, m/z used)
@@ -117,27 +117,15 @@ class Calibration:
     def load(cls, path: str | Path) -> Calibration:
         return cls.from_toml(Path(path).read_text())
 
-    def gas_settings(self, config: GasConfig | None = None, rel_tol: float = 0.05
-                     ) -> dict[str, Any]:
-        """GasConfig fields that apply this calibration, with the carrier flow (and p, T) of
-        ``config``. GasConfig has one ``sensitivity_A`` (A per unit mole fraction of a gas of
-        relative sensitivity 1 at its base peak); each calibrated gas implies a value for it.
-        With a per-gas ``sensitivities_A`` field in GasConfig, that is filled instead; without
-        it, the calibrated gases must agree within ``rel_tol``."""
+    def gas_settings(self, config: GasConfig | None = None) -> dict[str, Any]:
+        """GasConfig fields that apply this calibration (``sensitivities_A`` per calibrated gas),
+        with the carrier flow (and p, T) of ``config``."""
         config = config or GasConfig()
         if not self.gases:
             raise CalibrationError("empty calibration")
         q = molar_flow(config.flow_mL_min, config.pressure_Pa, config.temperature_C)
-        per_gas = {g: s.base_peak_sensitivity_A(q) for g, s in self.gases.items()}
-        if "sensitivities_A" in type(config).model_fields:
-            return {"sensitivities_A": per_gas}
-        implied = {g: a / SENSITIVITY[g] for g, a in per_gas.items()}
-        values = np.array(list(implied.values()))
-        if values.max() > values.min() * (1 + rel_tol):
-            raise CalibrationError(
-                f"the calibrated gases imply different GasConfig.sensitivity_A {implied}; "
-                "GasConfig needs a per-gas 'sensitivities_A' to apply them all")
-        return {"sensitivity_A": float(values.mean())}
+        return {"sensitivities_A": {g: s.base_peak_sensitivity_A(q)
+                                    for g, s in self.gases.items()}}
 
 
 def summarise(gas: str, mz: float, points: list[float], method: Method, date: str
