@@ -43,6 +43,7 @@ _LN2 = math.log(2.0)
 G_NORM = 2.0 * math.sqrt(_LN2 / math.pi)  # Gaussian of unit area and FWHM 1 at its centre
 L_NORM = 2.0 / math.pi                     # Lorentzian of unit area and FWHM 1 at its centre
 _LAMBDA0, _LAMBDA_MAX = 1e-6, 1e16
+_FINAL_STEP = 0.1  # standard errors: the largest Gauss–Newton step taken unevaluated at the end
 # Let LLVM reorder sums so the dot products vectorise; NaN/inf semantics stay exact.
 _REASSOC = {"reassoc", "contract"}
 
@@ -290,7 +291,7 @@ def _normal_equations(jt: np.ndarray, resid: np.ndarray, nf: int, a: np.ndarray,
 @nb.njit(cache=True)
 def fit_peaks(x: np.ndarray, y: np.ndarray, w: np.ndarray, shapes: np.ndarray, n_base: int,
               p0: np.ndarray, lower: np.ndarray, upper: np.ndarray, free: np.ndarray,
-              max_iter: int = 100, tol_sigma: float = 0.05
+              max_iter: int = 100, tol_sigma: float = 1e-3
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Bounded Levenberg–Marquardt fit of ``shapes`` peaks plus an ``n_base``-term baseline to
     (x, y) with weights ``w`` (1/sigma). ``p0``, ``lower``, ``upper``, ``free`` cover the whole
@@ -298,8 +299,10 @@ def fit_peaks(x: np.ndarray, y: np.ndarray, w: np.ndarray, shapes: np.ndarray, n
 
     Returns (p, cov, info): cov is n_params × n_params (zero rows/columns for fixed parameters,
     NaN unless converged), info holds chi2, reduced chi2, iterations (model + Jacobian
-    evaluations) and converged (1/0); the cold-start and at-bound flags are left 0 (see
-    ``fit_guarded``).
+    evaluations) and converged (1/0: the step criterion was met and JᵀJ is non-singular, so
+    the data determine every fitted parameter); the cold-start and at-bound flags are left 0
+    (see ``fit_guarded``). chi2 and the covariance are those at the last evaluated point; the
+    final unevaluated step (< 0.1 standard errors) lowers chi2 by its predicted decrement.
     """
     m = p0.size
     n = x.size
@@ -322,11 +325,12 @@ def fit_peaks(x: np.ndarray, y: np.ndarray, w: np.ndarray, shapes: np.ndarray, n
     signal = 0.0
     for i in range(n):
         signal += (w[i] * y[i]) ** 2
-    chi2_floor = 1e-28 * signal / n + 1e-300  # below this, chi2 counts as exactly zero
+    chi2_floor = 1e-20 * signal / n + 1e-300  # rounding level: chi2 below this counts as 0
     chi2 = _evaluate(x, y, w, shapes, n_base, powers, p, rows, jt, resid, True)
     evaluations = 1
     converged = False
     lam = _LAMBDA0
+    last_decrement = np.inf
     if math.isfinite(chi2):
         while True:
             _normal_equations(jt, resid, nf, a, g, scale)
@@ -335,18 +339,25 @@ def fit_peaks(x: np.ndarray, y: np.ndarray, w: np.ndarray, shapes: np.ndarray, n
                 j = index[r]
                 active[r] = not ((p[j] <= lower[j] and g[r] < 0.0)
                                  or (p[j] >= upper[j] and g[r] > 0.0))
-            # converged when the Gauss–Newton step is a small fraction of a standard error
+            # Converged when the Gauss–Newton step is below tol_sigma standard errors, or below
+            # _FINAL_STEP and the contraction since the last point predicts the step after it
+            # below tol_sigma. That last step is taken without another evaluation; chi2 then
+            # drops by the decrement (exactly so for a model linear over the step).
             if _cholesky_solve(a, 0.0, active, g, chol, step):
                 decrement = 0.0
                 for r in range(nf):
                     decrement += step[r] * g[r]
-                if decrement <= tol_sigma * tol_sigma * max(chi2 / dof, chi2_floor):
-                    # take this last, tiny step without another evaluation
+                unit = max(chi2 / dof, chi2_floor)  # one standard error, squared, in chi2
+                tol2 = tol_sigma * tol_sigma * unit
+                if decrement <= tol2 or (decrement <= _FINAL_STEP * _FINAL_STEP * unit
+                                         and decrement * decrement <= tol2 * last_decrement):
                     for r in range(nf):
                         p[index[r]] += step[r] * scale[r]
                     _clip(p, lower, upper)
+                    chi2 -= max(decrement, 0.0)
                     converged = True
                     break
+                last_decrement = decrement
             accepted = False
             while evaluations < max_iter and lam < _LAMBDA_MAX:
                 if not _cholesky_solve(a, lam, active, g, chol, step):
@@ -386,6 +397,7 @@ def fit_peaks(x: np.ndarray, y: np.ndarray, w: np.ndarray, shapes: np.ndarray, n
                 and _cholesky_solve(a, 0.0, active, unit, chol, step)):
             for r in range(nf):
                 cov[index[r], index] = np.nan
+            info[CONVERGED] = 0.0  # a parameter the data do not determine: no valid fit
             break
         for r in range(nf):
             cov[index[r], index[c]] = step[r] * scale[r] * scale[c] * info[CHI2_RED]
@@ -397,11 +409,12 @@ def cold_start(x: np.ndarray, y: np.ndarray, shapes: np.ndarray, n_base: int,
                guess: np.ndarray, search_lo: np.ndarray, search_hi: np.ndarray,
                lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
     """Initial parameters from the data: a straight baseline through the medians of the first
-    and last tenth of the samples, each peak at the highest point above it within
-    [search_lo[k], search_hi[k]] (the configured position when that range holds no sample), its
-    FWHM and eta from ``guess``, its area from the height there. Clipped into the bounds."""
+    and last tenth of the samples; then, highest first, each peak at the highest point of what
+    is left within [search_lo[k], search_hi[k]], with its FWHM and eta from ``guess`` and its
+    area from the height there; its profile is subtracted before the next peak is placed. A
+    peak whose search range holds no sample keeps its guessed position and area 0. Clipped into
+    the bounds."""
     n = x.size
-    m = guess.size
     p = guess.copy()
     edge = max(1, n // 10)
     x_a, y_a = np.median(x[:edge]), np.median(y[:edge])
@@ -409,28 +422,38 @@ def cold_start(x: np.ndarray, y: np.ndarray, shapes: np.ndarray, n_base: int,
     slope = (y_b - y_a) / (x_b - x_a) if x_b != x_a else 0.0
     mid, half = _axis(x)
     b0 = N_PEAK * shapes.size
+    p[b0:] = 0.0
     if n_base >= 1:
-        p[b0] = y_a + slope * (mid - x_a)
+        p[b0] = y_a + slope * (mid - x_a) if n_base >= 2 else 0.5 * (y_a + y_b)
     if n_base >= 2:
         p[b0 + 1] = slope * half
-    for b in range(2, n_base):
-        p[b0 + b] = 0.0
-    base = np.zeros(n)
-    if n_base >= 1:
-        base = p[b0] + slope * (x - mid) if n_base >= 2 else np.full(n, p[b0])
+    rest = y.copy()  # the data less the baseline, then less each peak placed
+    for i in range(n):
+        if n_base >= 1:
+            rest[i] -= p[b0]
+        if n_base >= 2:
+            rest[i] -= p[b0 + 1] * (x[i] - mid) / half
+    placed = np.zeros(shapes.size, dtype=np.bool_)
     for k in range(shapes.size):
-        j = N_PEAK * k
-        best = -np.inf
-        for i in range(n):
-            if search_lo[k] <= x[i] <= search_hi[k] and y[i] - base[i] > best:
-                best = y[i] - base[i]
-                p[j + POS] = x[i]
-        eta = _shape_eta(shapes[k], guess[j + ETA])
-        p[j + ETA] = eta
-        height = max(best, 0.0) if math.isfinite(best) else 0.0
-        p[j + AREA] = height * p[j + FWHM] / (eta * L_NORM + (1.0 - eta) * G_NORM)
-    for j in range(m):
-        p[j] = min(max(p[j], lower[j]), upper[j])
+        p[N_PEAK * k + ETA] = _shape_eta(shapes[k], guess[N_PEAK * k + ETA])
+        p[N_PEAK * k + AREA] = 0.0
+    for _ in range(shapes.size):
+        best, best_k, best_i = -np.inf, -1, -1
+        for k in range(shapes.size):
+            for i in range(n):
+                if not placed[k] and search_lo[k] <= x[i] <= search_hi[k] and rest[i] > best:
+                    best, best_k, best_i = rest[i], k, i
+        if best_k < 0:
+            break
+        placed[best_k] = True
+        j = N_PEAK * best_k
+        c, fw, eta, height = x[best_i], p[j + FWHM], p[j + ETA], max(best, 0.0)
+        p[j + POS] = c
+        p[j + AREA] = height * fw / (eta * L_NORM + (1.0 - eta) * G_NORM)
+        for i in range(n):  # subtract the placed peak (unit-height pseudo-Voigt times height)
+            u2 = 4.0 * ((x[i] - c) / fw) ** 2
+            rest[i] -= height * (eta / (1.0 + u2) + (1.0 - eta) * math.exp(-_LN2 * u2))
+    _clip(p, lower, upper)
     return p
 
 
@@ -458,7 +481,7 @@ def _rank(p: np.ndarray, info: np.ndarray) -> int:
 def fit_guarded(x: np.ndarray, y: np.ndarray, w: np.ndarray, shapes: np.ndarray, n_base: int,
                 p_warm: np.ndarray, guess: np.ndarray, search_lo: np.ndarray,
                 search_hi: np.ndarray, lower: np.ndarray, upper: np.ndarray, free: np.ndarray,
-                chi2_ref: float, blowup: float, max_iter: int = 100, tol_sigma: float = 0.05
+                chi2_ref: float, blowup: float, max_iter: int = 100, tol_sigma: float = 1e-3
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``fit_peaks`` from ``p_warm`` with the divergence guard; a ``p_warm`` holding NaN means
     no warm start. The refit starts from ``cold_start(..., guess, search_lo, search_hi, ...)``.
