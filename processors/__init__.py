@@ -12,6 +12,7 @@ REGISTRY: dict[str, str] = {
     "gas": "processors.gas:GasProcessor",
     "events": "processors.events:EventProcessor",
     "pressure": "processors.pressure:PressureProcessor",
+    "gas_events": "processors.gas_events:GasEventProcessor",
     "sensor_faults": "processors.sensor_faults:SensorFaultProcessor",
     "azimuthal": "processors.azimuthal:AzimuthalProcessor",
 }
