@@ -310,7 +310,10 @@ class PeaksProcessor(Processor):
             from pybaselines import Baseline
             y = y - Baseline(x).asls(y, lam=c.baseline.lam, p=c.baseline.p)[0]
         wavelength = frame.meta.get("wavelength_m", c.wavelength_m)
-        wavelength = None if wavelength is None else float(wavelength)
+        if wavelength is not None and not (isinstance(wavelength, int | float)
+                                           and 0.0 < wavelength < math.inf):
+            raise FrameError(frame.stream, "meta.wavelength_m",
+                             f"{wavelength!r} is not a positive wavelength in metres")
         bragg = x_name == "two_theta"
         if bragg and wavelength is None and any(p.hkl for p in c.peaks):
             raise FrameError(frame.stream, "meta.wavelength_m",

@@ -482,7 +482,7 @@ def test_processor_tracks_simulated_nmc_003_through_a_charge() -> None:
     wl = frames[0][1].meta["wavelength_m"]
     socs, z_pos, z_c, cold = [], [], [], []
     for soc, frame in frames:
-        out = {f.meta["tags"]["peak"]: f for f in proc.process(frame)}
+        out = {f.validate().meta["tags"]["peak"]: f for f in proc.process(frame)}
         assert set(out) == {"NMC(003)", "Al(111)"}
         nmc = out["NMC(003)"].arrays
         truth = float(bragg_two_theta(nmc_d003(soc), wl))
@@ -527,6 +527,9 @@ def test_processor_bad_input_and_failed_fits() -> None:
                                               "hkl": (1, 1, 1)}]))
     with pytest.raises(FrameError, match="wavelength"):
         proc.process(Frame("a/b/xrd", "pattern", 0, 0, {"two_theta": x, "intensity": y}, {}, {}))
+    with pytest.raises(FrameError, match="positive wavelength"):
+        proc.process(Frame("a/b/xrd", "pattern", 0, 0, {"two_theta": x, "intensity": y}, {},
+                           {"wavelength_m": "1.54 A"}))
     assert len(proc.process(Frame("a/b/xrd", "pattern", 0, 0, {"two_theta": x, "intensity": y},
                                   {}, {"wavelength_m": 1.5406e-10}))) == 1
 

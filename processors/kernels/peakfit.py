@@ -13,10 +13,16 @@ A Gaussian is eta = 0, a Lorentzian eta = 1 (both fixed); only the pseudo-Voigt 
 The minimiser is Marquardt's (damping lambda·diag(JᵀJ), i.e. lambda·I on the unit-diagonal
 scaled normal matrix). Box bounds: every trial point is clipped into the box, and parameters
 sitting on a bound whose gradient pushes outward are held for that step (a projected active
-set). Convergence: the undamped Gauss–Newton step is below ``tol_sigma`` standard errors,
-sqrt(δᵀ·JᵀJ·δ / chi2_red) ≤ tol_sigma, so the result is within a small fraction of its own
-uncertainty of the least-squares minimum. Standard errors are scipy ``curve_fit``'s with
-``absolute_sigma=False``: cov = (JᵀWJ)⁻¹·chi2/(n − n_free).
+set). Convergence is measured in standard errors: the undamped Gauss–Newton step δ has length
+sqrt(δᵀ·JᵀJ·δ / chi2_red). The fit stops when that is below ``tol_sigma`` (default 1e-3), or
+below 0.1 while the contraction since the previous point predicts the step after it below
+``tol_sigma``; the last step is then taken without another evaluation. So the result lies
+within about ``tol_sigma`` standard errors of the least-squares minimum, and a warm start one
+standard error away typically takes two evaluations. Standard errors are scipy
+``curve_fit``'s with ``absolute_sigma=False``: cov = (JᵀWJ)⁻¹·chi2/(n − n_free).
+
+The Gaussian is evaluated as 2^(−u²) by a polynomial that vectorises (relative error < 3e-14)
+and taken as 0 beyond u² = 64 (below 1e-19 of its maximum).
 
 ``fit_guarded`` adds the divergence guard: a fit from the warm start (the previous frame's
 parameters) that ends non-finite, unconverged, with a position or FWHM pinned at a bound, or
