@@ -91,7 +91,8 @@ def main() -> int:
         for label, run, elapsed in pool.imap_unordered(_run, jobs):
             s = score(run)
             print(f"{label:28s} {run.cells:3d} cells {run.seconds / HOURS:5.1f} h  "
-                  f"{len(run.events):5d} events  {elapsed:6.0f} s", flush=True)
+                  f"{len(run.events):5d} events  {elapsed:6.0f} s  rejected frames "
+                  f"{dict(run.rejects) or 0}", flush=True)
             (clean_score if label == "clean" else faults).add(s)
     if not args.skip_faults:
         print("\nFault scenarios: confusion table (rows: injected faults, one count each)\n")

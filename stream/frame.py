@@ -56,6 +56,9 @@ class FrameError(ValueError):
         where = f"stream {stream!r}" if stream else "stream <unknown>"
         super().__init__(f"{where}: field {field!r}: {reason}")
 
+    def __reduce__(self) -> tuple:  # picklable, so errors cross process boundaries
+        return (type(self), (self.stream, self.field, self.reason))
+
 
 def register_kind(kind: str) -> None:
     """Make a new kind acceptable to every codec in this process."""

@@ -32,7 +32,7 @@ from processors.events import EventProcessor
 from processors.gas import GasConfig, GasProcessor
 from processors.gas_events import GasEventProcessor
 from processors.sensor_faults import SensorFaultProcessor
-from stream.frame import Frame
+from stream.frame import Frame, FrameError
 
 from .experiment import FaultSpec, Scenario, SimExperiment
 
@@ -77,6 +77,7 @@ class Run:
     truth: list[dict[str, Any]]
     events: list[dict[str, Any]]
     charges: dict[str, list[tuple[float, float]]]  # per cell: (start_s, end_s) of each charge
+    rejects: Counter = field(default_factory=Counter)  # (processor, field) -> frames rejected
 
 
 def detector_chain(cell_type: str) -> list[Processor]:
@@ -94,6 +95,7 @@ def run_scenario(sc: Scenario, cells: int, seconds: float | None = None, seed: i
     events: list[dict[str, Any]] = []
     charging: dict[str, float | None] = {}
     charges: dict[str, list[tuple[float, float]]] = {c: [] for c in ex.cells}
+    rejects: Counter = Counter()
     while ex.t < seconds:
         queue = ex.step()
         while queue:
@@ -101,19 +103,26 @@ def run_scenario(sc: Scenario, cells: int, seconds: float | None = None, seed: i
             if frame.kind == "echem":
                 _track_charges(ex, frame, charging, charges)
             for proc in chain:
-                if proc.wants(frame.kind):
-                    for out in proc.process(frame):
-                        if out.kind == "event":
-                            events.append(_event_record(out, ex.start_ns))
-                        else:
-                            queue.append(out)
+                if not proc.wants(frame.kind):
+                    continue
+                try:
+                    results = proc.process(frame)
+                except FrameError as exc:  # rejected and counted, as the node does
+                    rejects[(proc.name, exc.field)] += 1
+                    continue
+                for out in results:
+                    if out.kind == "event":
+                        events.append(_event_record(out, ex.start_ns))
+                    else:
+                        queue.append(out)
     for proc in chain:
         proc.flush()
     for cell, since in charging.items():
         if since is not None:
             charges[cell].append((since, ex.t))
-    truth = [dict(g, onset_s=g["onset_s"]) for g in ex.ground_truth if g["onset_s"] < seconds]
-    return Run(sc.name, cells, seconds, sc.cell.cell_type, ex.start_ns, truth, events, charges)
+    truth = [g for g in ex.ground_truth if g["onset_s"] < seconds]
+    return Run(sc.name, cells, seconds, sc.cell.cell_type, ex.start_ns, truth, events, charges,
+               rejects)
 
 
 def _track_charges(ex: SimExperiment, frame: Frame, charging: dict, charges: dict) -> None:
