@@ -15,6 +15,7 @@ REGISTRY: dict[str, str] = {
     "gas_events": "processors.gas_events:GasEventProcessor",
     "sensor_faults": "processors.sensor_faults:SensorFaultProcessor",
     "azimuthal": "processors.azimuthal:AzimuthalProcessor",
+    "peaks": "processors.peaks:PeaksProcessor",
 }
 
 
