@@ -23,7 +23,25 @@ def demo_config(run_dir: Path, cells: int = 4, duration_s: float = DEFAULT_DURAT
         "sim": {"speed": speed, **({"start_ns": start_ns} if start_ns is not None else {})},
         "simulations": [{"scenario": scenario, "cells": cells, "seed": 7,
                          "duration_s": duration_s}] if cells else [],
-        "processors": [{"type": "electrochem"}, {"type": "gas"}, {"type": "events"}],
+        "processors": [
+            {"type": "electrochem", "soc_v_full": 4.2, "soc_v_empty": 2.8,
+             "nominal_capacity_Ah": 0.05},
+            {"type": "gas"},
+            {"type": "pressure", "name": "pressure_cell", "headspace_mL": 10.0,
+             "leak_per_s": 2e-7},
+            {"type": "events"},
+            {"type": "gas_events"},
+            {"type": "sensor_faults"},
+            {"type": "peaks", "name": "xrd_peaks", "input_kind": "pattern",
+             "weighting": "poisson", "peaks": [
+                 {"name": "NMC(003)", "position": 4.88, "fwhm": 0.08, "range": [4.6, 5.2],
+                  "hkl": [0, 0, 3], "lattice": "hexagonal"},
+                 {"name": "Al(111)", "position": 9.98, "fwhm": 0.08, "window": 0.4,
+                  "hkl": [1, 1, 1]}]},
+            {"type": "peaks", "name": "raman_peaks", "input_kind": "spectrum",
+             "weighting": "poisson", "peaks": [
+                 {"name": "G", "position": 1580.0, "fwhm": 20.0, "window": 60.0}]},
+        ],
         "alerts": [
             {"name": "voltage_collapse", "kind": "result.echem", "field": "voltage", "op": "<",
              "threshold": 2.5, "hysteresis": 0.2, "for_s": 1.0, "severity": "critical",

@@ -15,6 +15,7 @@ from .base import Sink, SinkConfig
 class ConsoleConfig(SinkConfig):
     kinds: list[str] = ["result.echem", "result.cycle", "event", "alert", "health"]
     status_interval_s: float = 2.0
+    event_severities: list[str] = ["warning", "critical"]  # info events stay off the terminal
 
 
 def _clock(t_ns: int) -> str:
@@ -48,13 +49,14 @@ class ConsoleSink(Sink):
                     f"(threshold {float(frame.arrays['threshold'][0]):.4g})")
             self.alerts.append(line)
             self._print(line)
-        elif kind == "event":
+        elif kind == "event" and frame.meta.get("severity") in self.config.event_severities:
             m = frame.meta
             evidence = ", ".join(f"{k}={float(v[0]):.4g}" for k, v in frame.arrays.items()
                                  if k != "t" and v.size == 1)
+            labels = "".join(f" {k}={m[k]}" for k in ("gas", "channel", "indicators") if k in m)
             self._print(f"EVENT {m.get('event', '?'):8s} [{m.get('severity')}] on "
-                        f"{m.get('source', frame.stream)} at {_clock(frame.t0_ns)}: {evidence}"
-                        + (f" ({m['criterion']})" if "criterion" in m else ""))
+                        f"{m.get('source', frame.stream)} at {_clock(frame.t0_ns)}:{labels} "
+                        f"{evidence}" + (f" ({m['criterion']})" if "criterion" in m else ""))
         elif kind == "result.cycle":
             a = frame.arrays
             self._print(f"cycle {int(a['cycle'][0])} done on {frame.cell}: charge "
