@@ -50,16 +50,18 @@ class SubscriberSource(Source):
 DERIVED_KINDS = ("result.", "event", "alert", "health")
 
 
-def is_derived(kind: str) -> bool:
-    return kind.startswith(DERIVED_KINDS)
+def is_derived(frame: Frame) -> bool:
+    """Results, events, alerts, health, and raw-kind frames a processor made (an integrated
+    ``pattern`` from an ``image`` says so in ``meta.derived_from``)."""
+    return frame.kind.startswith(DERIVED_KINDS) or "derived_from" in frame.meta
 
 
 class RecordingSource(Source):
     """Replays a recording with its original spacing (log time) divided by ``speed``;
     ``speed=math.inf`` sends as fast as the consumer takes them.
 
-    By default only raw instrument frames are replayed: results, events, alerts and health
-    frames recorded live are skipped, so processors recompute them (``raw_only=False`` keeps
+    By default only raw instrument frames are replayed: results, events, alerts, health and
+    other derived frames recorded live are skipped, so processors recompute them (``raw_only=False`` keeps
     them)."""
 
     trusted = True
@@ -76,7 +78,7 @@ class RecordingSource(Source):
         first_log = None
         start = time.monotonic()
         for i, rec in enumerate(self.reader):
-            if self.raw_only and is_derived(rec.frame.kind):
+            if self.raw_only and is_derived(rec.frame):
                 continue
             if math.isfinite(self.speed):
                 if first_log is None:

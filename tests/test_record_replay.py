@@ -183,3 +183,28 @@ def test_demo_sources_are_deterministic() -> None:
     assert len(a) == len(b) == 2 * 600 * 3 + 2 * 10 * 2
     for x, y in zip(a, b, strict=True):
         assert_frames_equal(x, y)
+
+
+def test_replay_skips_derived_frames_so_processors_recompute_them(tmp_path: Path) -> None:
+    import numpy as np
+
+    from stream.frame import Frame
+    path = tmp_path / "r.mcap"
+    w = RecordingWriter(path)
+    raw = echem_frame(seq=0)
+    pattern = Frame("exp1/cell01/azimuthal", "pattern", 0, START_NS,
+                    {"two_theta": np.linspace(2, 30, 8), "intensity": np.ones(8)},
+                    {"two_theta": "deg"}, {"derived_from": "image"})
+    raw_pattern = Frame("exp1/cell01/xrd", "pattern", 0, START_NS,
+                        {"two_theta": np.linspace(2, 30, 8), "intensity": np.ones(8)},
+                        {"two_theta": "deg"}, {})
+    for f in (raw, pattern, raw_pattern, Frame("exp1/cell01/events", "event", 0, START_NS,
+                                               {}, {}, {"event": "x"})):
+        w.write(f, log_time_ns=START_NS)
+    w.close()
+
+    async def replayed(raw_only: bool) -> list[str]:
+        return [f.stream async for f in RecordingSource(path, raw_only=raw_only).frames()]
+
+    assert asyncio.run(replayed(True)) == ["exp1/cell01/potentiostat", "exp1/cell01/xrd"]
+    assert len(asyncio.run(replayed(False))) == 4
