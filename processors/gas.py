@@ -18,7 +18,6 @@ Outputs one ``result.gas`` frame per gas and input frame (tag ``gas``): ``rate_m
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,7 +26,7 @@ import numpy as np
 from stream.frame import Frame, FrameError
 
 from .base import Processor, ProcessorConfig
-from .kernels.nnls import nnls_many
+from .kernels import gas_rates as R
 from .mass_spec import SENSITIVITY, cracking_matrix
 
 R_GAS = 8.314462618
@@ -56,51 +55,32 @@ class GasConfig(ProcessorConfig):
 
 class SlidingSlope:
     """Least-squares slope of a vector signal over the last ``window_s`` seconds, O(1) per
-    sample: running sums over a window, with times taken relative to the window's first sample
-    so the sums stay well conditioned."""
+    sample: running sums over a window, with times taken relative to an anchor re-set every
+    1e4 s so the sums stay well conditioned (the numba kernel ``gas_rates.slope_update``)."""
 
     def __init__(self, width: int, window_s: float):
         self.window_s = window_s
-        self.samples: deque[tuple[float, np.ndarray]] = deque()
-        self.t_ref: float | None = None
-        self.n = 0
-        self.st = self.stt = 0.0
-        self.sx = np.zeros(width)
-        self.stx = np.zeros(width)
+        self.state = R.new_slope_state()
+        self.sums = np.zeros((2, width))
+        self.buf_t = np.zeros(0)
+        self.buf_x = np.zeros((0, width))
 
-    def _add(self, t: float, x: np.ndarray, sign: float) -> None:
-        u = t - self.t_ref
-        self.n += int(sign)
-        self.st += sign * u
-        self.stt += sign * u * u
-        self.sx += sign * x
-        self.stx += sign * u * x
+    def reserve(self, room: int) -> None:
+        """Make room in the window's ring buffer for ``room`` more samples."""
+        self.buf_t, self.buf_x = R.grow_ring(self.state, self.buf_t, self.buf_x, room)
 
     def update(self, t: float, x: np.ndarray) -> np.ndarray:
-        if self.t_ref is None or t - self.t_ref > 1e4:  # re-anchor now and then
-            self.t_ref = t
-            self.n, self.st, self.stt = 0, 0.0, 0.0
-            self.sx[:] = 0.0
-            self.stx[:] = 0.0
-            for ts, xs in self.samples:
-                self._add(ts, xs, 1.0)
-        self.samples.append((t, x))
-        self._add(t, x, 1.0)
-        while self.samples[0][0] < t - self.window_s:
-            ts, xs = self.samples.popleft()
-            self._add(ts, xs, -1.0)
-        denom = self.n * self.stt - self.st * self.st
-        if self.n < 3 or denom <= 0:
-            return np.zeros_like(x)
-        return (self.n * self.stx - self.st * self.sx) / denom
+        self.reserve(1)
+        out = np.empty(self.sums.shape[1])
+        R.slope_update(self.state, self.sums, self.buf_t, self.buf_x, float(t),
+                       np.ascontiguousarray(x, dtype=np.float64), self.window_s, out)
+        return out
 
 
 @dataclass
 class _GasState:
     slope: SlidingSlope
-    amount: np.ndarray | None = None
-    n0: np.ndarray | None = None
-    last_t: float | None = None
+    acc: np.ndarray  # first amount (closed) or integrated amount (flow), per species
 
 
 class GasProcessor(Processor):
@@ -122,64 +102,86 @@ class GasProcessor(Processor):
         self.tau = c.flow_volume_mL / c.flow_mL_min * 60.0
         self.ar = c.gases.index(c.internal_standard) if c.internal_standard in c.gases else None
         self.shift = c.capillary_delay_s if c.cell_type == "flow" else 0.0
+        # the deconvolution works on the matrix scaled to a largest element of 1
+        self._scale = float(np.abs(self.matrix).max()) if self.matrix.size else 0.0
+        self._scaled = self.matrix / self._scale if self._scale else self.matrix.copy()
+        self._pinv, self._have = R.new_pinv_cache(len(c.channels), len(c.gases))
+        self._params = np.zeros(R.N_GAS_PARAM)
+        self._params[[R.P_AR, R.P_FLOW, R.P_AR_FRACTION, R.P_N_TOTAL, R.P_Q_MOLAR, R.P_TAU,
+                      R.P_WINDOW, R.P_SHIFT]] = [
+            -1 if self.ar is None else self.ar, c.cell_type == "flow", c.ar_fraction,
+            self.n_total, self.q_molar, self.tau, c.window_s, self.shift]
+        self._channel_names = [f"m{mz}" for mz in c.channels]
+        self._reported = [(j, gas) for j, gas in enumerate(c.gases) if j != self.ar]
+        self._units = {"t": "s", "rate_mol_s": "mol/s", "rate_umol_min": "umol/min",
+                       "amount_mol": "mol"}
 
-    def process(self, frame: Frame) -> list[Frame]:
+    def _signals(self, frame: Frame) -> tuple[np.ndarray, np.ndarray]:
+        """(samples, channels) ion currents and the sample times, as float64."""
         c = self.config
         try:
-            signals = np.column_stack([np.ravel(frame.arrays[f"m{mz}"]).astype(np.float64)
-                                       for mz in c.channels])
+            columns = [frame.arrays[name] for name in self._channel_names]
         except KeyError as exc:
             raise FrameError(frame.stream, f"arrays.{exc.args[0]}",
                              f"channel missing; configured m/z {c.channels}") from None
-        if not np.isfinite(signals).all():
-            raise FrameError(frame.stream, "arrays", "non-finite ion current (dropout?)")
-        x = nnls_many(self.matrix, signals)
-        if self.ar is not None:
-            ar = x[:, self.ar:self.ar + 1]
-            if (ar <= 0).any():
-                raise FrameError(frame.stream, f"arrays.m{c.channels[0]}",
-                                 "no internal-standard signal")
-            x = x * (c.ar_fraction / ar) if c.cell_type == "flow" else x / x.sum(axis=1,
-                                                                                  keepdims=True)
+        if any(column.ndim != 1 for column in columns):
+            columns = [np.ravel(column) for column in columns]
+        n = columns[0].size
+        if len({column.size for column in columns}) > 1:
+            raise FrameError(frame.stream, "arrays",
+                             f"channels differ in length: m/z {c.channels}")
+        if n == 0:
+            raise FrameError(frame.stream, f"arrays.{self._channel_names[0]}", "no samples")
+        signals = np.concatenate(columns)
+        if signals.dtype.kind not in "fiu":
+            raise FrameError(frame.stream, "arrays", f"ion currents of dtype {signals.dtype.str}")
+        signals = signals.astype(np.float64, copy=False)
+        signals = np.ascontiguousarray(signals.reshape(len(columns), n).T)
+        t_rel = frame.arrays.get("t")
+        t = np.zeros(n) if t_rel is None else \
+            np.ascontiguousarray(np.ravel(t_rel), dtype=np.float64)
+        if t.size != n:
+            raise FrameError(frame.stream, "arrays.t", f"{t.size} times for {n} samples")
+        return signals, t
+
+    def process(self, frame: Frame) -> list[Frame]:
+        c = self.config
+        signals, t = self._signals(frame)
+        n, n_species = t.size, len(c.gases)
         st = self._state.get(frame.stream)
         if st is None:
-            st = self._state[frame.stream] = _GasState(SlidingSlope(x.shape[1], c.window_s))
-        t_rel = frame.arrays.get("t", np.zeros(len(x)))
-        t_s = self.stream_seconds(frame, np.ravel(t_rel)) - self.shift
-        out_rates = np.empty_like(x)
-        for k in range(len(x)):
-            slope = st.slope.update(float(t_s[k]), x[k])
-            if c.cell_type == "closed":
-                out_rates[k] = slope * self.n_total
-            else:
-                out_rates[k] = self.q_molar * (x[k] + self.tau * slope)
-        if c.cell_type == "closed":
-            n_now = x[-1] * self.n_total
-            if st.n0 is None:
-                st.n0 = x[0] * self.n_total
-            amount = n_now - st.n0
-        else:
-            dt = 0.0 if st.last_t is None else t_s[-1] - st.last_t
-            st.amount = (np.zeros(x.shape[1]) if st.amount is None else st.amount) + \
-                out_rates[-1] * dt
-            amount = st.amount
-        st.last_t = t_s[-1]
+            st = self._state[frame.stream] = _GasState(SlidingSlope(n_species, c.window_s),
+                                                       np.zeros(n_species))
+        slope = st.slope
+        slope.reserve(n)
+        self._params[R.P_BASE] = (frame.t0_ns - self._origins.get(frame.stream, frame.t0_ns)) \
+            * 1e-9
+        x, rates, t_s = np.empty((n_species, n)), np.empty((n_species, n)), np.empty(n)
+        status = R.gas_block(signals, t, self._scaled, self._scale, self._pinv, self._have,
+                             self._params, slope.state, slope.sums, slope.buf_t, slope.buf_x,
+                             st.acc, x, rates, t_s)
+        if status == R.NON_FINITE:
+            raise FrameError(frame.stream, "arrays", "non-finite ion current (dropout?)")
+        if status == R.NO_STANDARD:
+            raise FrameError(frame.stream, f"arrays.m{c.channels[0]}",
+                             "no internal-standard signal")
+        self._origins.setdefault(frame.stream, frame.t0_ns)
+        amount = x[:, -1] * self.n_total - st.acc if c.cell_type == "closed" else st.acc
+        amounts = np.repeat(amount, n).reshape(n_species, n)
+        rates_umol = rates * 6e7
+        per_area = rates / c.electrode_area_cm2 if c.electrode_area_cm2 else None
+        per_mass = rates / c.active_mass_g if c.active_mass_g else None
         t0_ns = self.stream_ns(frame, float(t_s[0]))
+        t_out = t_s - t_s[0]
         frames = []
-        for j, gas in enumerate(c.gases):
-            if j == self.ar:
-                continue
-            rate = out_rates[:, j]
-            arrays = {"t": t_s - t_s[0], "rate_mol_s": rate, "rate_umol_min": rate * 6e7,
-                      "amount_mol": np.full(len(rate), amount[j]),
-                      "mole_fraction": x[:, j]}
-            if c.electrode_area_cm2:
-                arrays["rate_mol_s_cm2"] = rate / c.electrode_area_cm2
-            if c.active_mass_g:
-                arrays["rate_mol_s_g"] = rate / c.active_mass_g
-            frames.append(self.emit(frame, "result.gas", t0_ns, arrays,
-                                    {"t": "s", "rate_mol_s": "mol/s", "rate_umol_min": "umol/min",
-                                     "amount_mol": "mol"},
+        for j, gas in self._reported:
+            arrays = {"t": t_out, "rate_mol_s": rates[j], "rate_umol_min": rates_umol[j],
+                      "amount_mol": amounts[j], "mole_fraction": x[j]}
+            if per_area is not None:
+                arrays["rate_mol_s_cm2"] = per_area[j]
+            if per_mass is not None:
+                arrays["rate_mol_s_g"] = per_mass[j]
+            frames.append(self.emit(frame, "result.gas", t0_ns, arrays, dict(self._units),
                                     {"tags": {"gas": gas}, "cell_type": c.cell_type,
                                      "time_shift_s": -self.shift}))
         return frames
