@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .alerts.config import AlertRule
 from .transports import TransportConfig
 
 SECRET_KEYS = {"password", "token", "secret", "api_key", "apikey"}
@@ -87,7 +88,7 @@ class OpmonConfig(_Strict):
     inputs: list[InputSection] = []
     processors: list[PluginSection] = []
     sinks: list[PluginSection] = []
-    alerts: list[dict[str, Any]] = []
+    alerts: list[AlertRule] = []      # the alert engine's rules (stream/alerts/config.py)
     source_path: str = "<memory>"
 
 
@@ -147,7 +148,6 @@ def check_plugins(cfg: OpmonConfig) -> None:
     """Validate every plugin section against its own schema now, not when the node starts."""
     from adapters import adapter_class
     from processors import processor_class
-    from processors.alert_rules import AlertRule
 
     from .sinks import sink_class
 
@@ -172,5 +172,8 @@ def check_plugins(cfg: OpmonConfig) -> None:
             except KeyError as exc:
                 raise ConfigError(f"{where}: {section}[{i}].type: {exc.args[0]}") from None
             validate_section(cls.Config, plugin.model_extra or {}, where, f"{section}[{i}]")
-    for i, rule in enumerate(cfg.alerts):
-        validate_section(AlertRule, rule, where, f"alerts[{i}]")
+    first: dict[str, int] = {}
+    for i, rule in enumerate(cfg.alerts):  # a rule name identifies its alerts: topics, keys
+        if first.setdefault(rule.name, i) != i:
+            raise ConfigError(f"{where}: alerts[{i}].name: {rule.name!r} is used twice "
+                              f"(also alerts[{first[rule.name]}])")

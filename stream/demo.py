@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .alerts.defaults import default_rules
+
 DEFAULT_DURATION_S = 2 * 3600.0
 DEFAULT_SPEED = 300.0
 DEFAULT_SCENARIO = "thermal-runaway-precursor"
@@ -52,6 +54,7 @@ def demo_config(run_dir: Path, cells: int = 4, duration_s: float = DEFAULT_DURAT
             {"name": "pressure_rise", "kind": "pressure", "field": "pressure", "op": ">",
              "threshold": 1.05e5, "hysteresis": 1e3, "for_s": 5.0, "severity": "warning",
              "labels": {"fault": "gassing"}},
+            *default_rules(),  # event rules: gassing onset, shorts, plating, runaway
         ],
         "sinks": [
             # raw frames, events, alerts and health: results are recomputed on replay
