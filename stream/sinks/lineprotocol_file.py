@@ -1,18 +1,20 @@
 """Writes frames as InfluxDB line protocol to a file (results of a run, importable with
-``influx write`` or ``curl --data-binary @results.lp``)."""
+``influx write`` or ``curl --data-binary @results.lp``). Same lines as the InfluxDB sink: points
+kept unique per series and nanosecond by a ``LineEncoder``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..frame import Frame
-from ..lineprotocol import encode_frame
+from ..frame import Frame, FrameError
+from ..lineprotocol import LineEncoder, LineProtocolError
 from .base import Sink, SinkConfig
 
 
 class LineProtocolFileConfig(SinkConfig):
     path: str
     kinds: list[str] = ["result.*", "event", "alert"]
+    unique_window: int = 64  # timestamps remembered per series to keep points unique
 
 
 class LineProtocolFileSink(Sink):
@@ -23,17 +25,23 @@ class LineProtocolFileSink(Sink):
         super().__init__(config)
         self.path = Path(config.path)
         self._file = None
-        self.lines = 0
+        self.encoder = LineEncoder(config.unique_window)
+
+    @property
+    def lines(self) -> int:
+        return self.encoder.lines
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a", encoding="utf-8", buffering=1 << 20)
 
     async def write(self, frame: Frame) -> None:
-        lines = encode_frame(frame)
-        if lines:
-            self._file.write("\n".join(lines) + "\n")
-            self.lines += len(lines)
+        try:
+            chunks = self.encoder.encode(frame)
+        except LineProtocolError as exc:
+            raise FrameError(frame.stream, exc.what, str(exc)) from None
+        for text, _ in chunks:
+            self._file.write(text)
 
     async def close(self) -> None:
         if self._file:
