@@ -11,6 +11,7 @@ REGISTRY: dict[str, str] = {
     "record": "stream.sinks.record:RecordSink",
     "console": "stream.sinks.console:ConsoleSink",
     "publish": "stream.sinks.publish:PublishSink",
+    "influxdb": "stream.sinks.influxdb:InfluxDBSink",
 }
 
 
