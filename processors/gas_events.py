@@ -33,7 +33,8 @@ from stream.frame import Frame, FrameError
 
 from .base import Processor, ProcessorConfig
 from .electrochem import require_arrays
-from .kernels.echem_events import EW, ew_update
+from .kernels import gas_rates as K
+from .kernels.echem_events import EW
 
 
 class GasEventsConfig(ProcessorConfig):
@@ -61,37 +62,22 @@ class GasEventsConfig(ProcessorConfig):
     coincidence_s: float = 60.0       # indicators count together within this time
 
 
-@dataclass
-class _Baseline:
-    """EWMA mean and variance, with a plain running mean while warming up."""
-    mean: float = 0.0
-    var: float = 0.0
-    n: int = 0
-
-    def learn(self, x: float, weight: float, warm: int) -> None:
-        a = max(weight, 1.0 / (self.n + 1)) if self.n < warm else weight
-        diff = x - self.mean
-        self.mean += a * diff
-        self.var = (1 - a) * (self.var + a * diff * diff)
-        self.n += 1
+def onset_params(c: GasEventsConfig) -> np.ndarray:
+    p = np.zeros(K.N_ONSET_PARAM)
+    p[[K.Q_BLOCK_S, K.Q_WARMUP_BLOCKS, K.Q_BASELINE_TAU, K.Q_CUSUM_K, K.Q_CUSUM_H, K.Q_FAST_Z,
+       K.Q_FAST_HOLD, K.Q_MIN_RATE, K.Q_ALARM_RATE, K.Q_REARM_S, K.Q_GROWTH_TIME,
+       K.Q_GROWTH_TAU, K.Q_GROWTH_LAG]] = [
+        c.block_s, c.warmup_blocks, c.baseline_tau_s, c.cusum_k, c.cusum_h, c.fast_z,
+        c.fast_hold_s, c.min_rate_mol_s, c.alarm_rate_mol_s, c.rearm_s, c.growth_time_s,
+        c.growth_tau_s, c.growth_lag_s]
+    return p
 
 
-@dataclass
-class _Onset:
-    sample: _Baseline = field(default_factory=_Baseline)
-    block: _Baseline = field(default_factory=_Baseline)
-    block_sum: float = 0.0
-    block_n: int = 0
-    block_t0: float = math.nan
-    cusum: float = 0.0
-    left_zero_t: float = math.nan
-    fast_since: float = math.nan
-    armed: bool = True
-    alarmed: bool = False             # this episode has had a warning-level onset
-    quiet_since: float = math.nan
-    last_t: float = math.nan
-    growth: np.ndarray = field(default_factory=lambda: np.zeros(EW))  # of log(rate)
-    growth_history: deque = field(default_factory=lambda: deque(maxlen=256))  # (t, growth)
+def _new_fit() -> np.ndarray:
+    """EW regression sums, then the time of the last sample (NaN: none)."""
+    fit = np.zeros(EW + 1)
+    fit[EW] = np.nan
+    return fit
 
 
 @dataclass
@@ -106,12 +92,10 @@ class _Cell:
     origin_ns: int
     step: float = math.nan
     history: deque = field(default_factory=lambda: deque(maxlen=4096))  # (t, V, Ah, soc)
-    gases: dict[str, _Onset] = field(default_factory=dict)
+    gases: dict[str, np.ndarray] = field(default_factory=dict)  # onset state per gas
     indicators: dict[str, _Indicator] = field(default_factory=dict)
-    pressure_fit: np.ndarray = field(default_factory=lambda: np.zeros(EW))
-    temp_fit: np.ndarray = field(default_factory=lambda: np.zeros(EW))
-    last_p_t: float = math.nan
-    last_temp_t: float = math.nan
+    pressure_fit: np.ndarray = field(default_factory=_new_fit)
+    temp_fit: np.ndarray = field(default_factory=_new_fit)
     charge_Ah: float = math.nan
     soc: float = math.nan
     precursor_armed: bool = True
@@ -125,6 +109,9 @@ class GasEventProcessor(Processor):
     def __init__(self, config: GasEventsConfig | None = None):
         super().__init__(config)
         self._cells: dict[str, _Cell] = {}
+        c = self.config
+        self._params = onset_params(c)
+        self._growth_names = {gas: gas + "_growth" for gas in c.runaway_gases}
 
     def _cell(self, frame: Frame) -> _Cell:
         key = frame.stream.rsplit("/", 1)[0]
@@ -134,7 +121,7 @@ class GasEventProcessor(Processor):
         return cell
 
     def _times(self, cell: _Cell, frame: Frame, t: np.ndarray) -> np.ndarray:
-        return (frame.t0_ns - cell.origin_ns) * 1e-9 + np.ravel(t).astype(np.float64)
+        return (frame.t0_ns - cell.origin_ns) * 1e-9 + t
 
     def _event(self, frame: Frame, cell: _Cell, t_s: float, event: str, severity: str,
                evidence: dict) -> Frame:
@@ -158,9 +145,8 @@ class GasEventProcessor(Processor):
         if frame.kind == "pressure":
             t, p = require_arrays(frame, ("t", "pressure"))
             _check_units(frame, "pressure", "Pa")
-            return self._slope_indicator(frame, cell, "dpdt", self._times(cell, frame, t),
-                                         np.ravel(p), cell.pressure_fit, "last_p_t",
-                                         self.config.dpdt_Pa_s)
+            return self._slope_indicator(frame, cell, "dpdt", self._times(cell, frame, t), p,
+                                         cell.pressure_fit, self.config.dpdt_Pa_s)
         return self._gas(frame, cell)
 
     def _echem(self, frame: Frame, cell: _Cell) -> list[Frame]:
@@ -172,13 +158,19 @@ class GasEventProcessor(Processor):
             if last != cell.step:
                 cell.step = last
                 for onset in cell.gases.values():  # step change: the CUSUMs restart
-                    onset.cusum = 0.0
-        cell.history.append((float(ts[-1]), float(np.ravel(v)[-1]), cell.charge_Ah, cell.soc))
+                    onset[K.O_CUSUM] = 0.0
+        cell.history.append((float(ts[-1]), float(v[-1]), cell.charge_Ah, cell.soc))
         temp = frame.arrays.get("temperature")
         if temp is None:
             return []
-        return self._slope_indicator(frame, cell, "dTdt", ts, np.ravel(temp), cell.temp_fit,
-                                     "last_temp_t", self.config.dTdt_C_s)
+        temp = np.ravel(temp)
+        if temp.dtype != np.float64:
+            temp = temp.astype(np.float64)
+        if temp.size != ts.size:
+            raise FrameError(frame.stream, "arrays.temperature",
+                             f"{temp.size} samples, t has {ts.size}")
+        return self._slope_indicator(frame, cell, "dTdt", ts, temp, cell.temp_fit,
+                                     self.config.dTdt_C_s)
 
     def _at(self, cell: _Cell, t: float) -> tuple[float, float, float]:
         """Voltage, charge and SOC of the cell at time t (as-of the potentiostat history)."""
@@ -192,127 +184,56 @@ class GasEventProcessor(Processor):
         tags = frame.meta.get("tags") or {}
         gas = tags.get("gas")
         c = self.config
-        if gas not in c.gases and gas not in c.runaway_gases:
+        report, growth_name = gas in c.gases, self._growth_names.get(gas)
+        if not report and growth_name is None:
             return []
         t, rate = require_arrays(frame, ("t", "rate_mol_s"))
         ts = self._times(cell, frame, t)
-        st = cell.gases.setdefault(gas, _Onset())
+        st = cell.gases.get(gas)
+        if st is None:
+            st = cell.gases[gas] = K.new_onset_state()
+        n = ts.size
+        events = np.empty((n, K.N_ONSET_EVIDENCE))
+        codes, growth = np.empty(n, dtype=np.int64), np.empty(n)
+        n_events = K.onset_block(ts, rate, st, self._params, report, growth_name is not None,
+                                 events, codes, growth)
+        if growth_name is None and n_events == 0:
+            return []
         out = []
-        for tk, rk in zip(ts, np.ravel(rate), strict=True):
-            tk, rk = float(tk), float(rk)
-            if not math.isfinite(rk) or (math.isfinite(st.last_t) and tk <= st.last_t):
-                continue
-            dt = 0.0 if math.isnan(st.last_t) else tk - st.last_t
-            st.last_t = tk
-            event = self._onset_update(st, tk, rk, dt)
-            if event is not None and gas in c.gases:
-                onset_t, z = event
-                v, q, soc = self._at(cell, onset_t)
-                severity = "warning" if rk >= c.alarm_rate_mol_s else "info"
-                st.alarmed = st.alarmed or severity == "warning"
-                out.append(self._event(frame, cell, onset_t, "gas_onset", severity, {
-                    "gas": gas, "rate_mol_s": rk, "baseline_mol_s": st.block.mean,
-                    "baseline_sigma_mol_s": math.sqrt(st.sample.var), "voltage_V": v, "charge_Ah": q,
-                    "soc": soc, "statistic": z}))
-            if gas in c.runaway_gases:
-                out += self._growth(frame, cell, st, gas, tk, rk, dt)
+        e = 0
+        for k in range(n):
+            while e < n_events and events[e, 0] == k:
+                out.append(self._onset_event(frame, cell, gas, events[e]))
+                e += 1
+            if growth_name is not None and codes[k] != K.SKIPPED:
+                out += self._indicator(frame, cell, growth_name, float(ts[k]), codes[k] == K.ON,
+                                       float(growth[k]))
         return out
 
-    def _onset_update(self, st: _Onset, t: float, rate: float, dt: float
-                      ) -> tuple[float, float] | None:
-        """Two paths to an onset: a CUSUM over block means (small, persistent gassing) and a
-        sample-level excursion of ``fast_z`` sigmas held ``fast_hold_s`` (bursts)."""
-        c = self.config
-        warm = st.block.n >= c.warmup_blocks and st.block.var > 0 and st.sample.var > 0
-        z = (rate - st.sample.mean) / math.sqrt(st.sample.var) if warm else 0.0
-        onset = None
-        if warm and z > c.fast_z:
-            if math.isnan(st.fast_since):
-                st.fast_since = t
-            # an episode of info-level gassing escalates when a burst above the alarm rate comes
-            escalates = not st.armed and not st.alarmed and rate >= c.alarm_rate_mol_s
-            if (st.armed or escalates) and t - st.fast_since >= c.fast_hold_s \
-                    and rate > c.min_rate_mol_s:
-                onset = (st.fast_since, z)
-        else:
-            st.fast_since = math.nan
-        if math.isnan(st.block_t0):
-            st.block_t0 = t
-        st.block_sum += rate
-        st.block_n += 1
-        if t - st.block_t0 >= c.block_s:
-            mean = st.block_sum / st.block_n
-            st.block_sum, st.block_n, st.block_t0 = 0.0, 0, t
-            if warm:
-                zb = (mean - st.block.mean) / math.sqrt(st.block.var)
-                if st.cusum == 0.0:
-                    st.left_zero_t = t - c.block_s
-                st.cusum = max(0.0, st.cusum + zb - c.cusum_k)
-                if st.armed and st.cusum > c.cusum_h and mean > c.min_rate_mol_s \
-                        and onset is None:
-                    onset = (st.left_zero_t, st.cusum)
-                quiet, typical = zb < 0.5, abs(zb) < 3.0
-            else:
-                quiet = typical = True
-            if st.armed and typical:
-                st.block.learn(mean, 1.0 - math.exp(-c.block_s / c.baseline_tau_s),
-                               c.warmup_blocks)
-            self._rearm(st, t, quiet)
-        if not warm or (st.armed and abs(z) < 3.0):
-            st.sample.learn(rate, 1.0 - math.exp(-dt / c.baseline_tau_s) if dt > 0 else 0.0,
-                            10 ** 9 if not warm else 0)
-        if onset is not None:
-            st.armed = False
-            st.quiet_since = math.nan
-        return onset
-
-    def _rearm(self, st: _Onset, t: float, quiet: bool) -> None:
-        """After an onset, blocks back at the baseline for ``rearm_s`` re-arm the detector."""
-        if st.armed:
-            return
-        if not quiet:
-            st.quiet_since = math.nan
-        elif math.isnan(st.quiet_since):
-            st.quiet_since = t
-        elif t - st.quiet_since >= self.config.rearm_s:
-            st.armed, st.alarmed, st.cusum = True, False, 0.0
-
-    def _growth(self, frame: Frame, cell: _Cell, st: _Onset, gas: str, t: float, rate: float,
-                dt: float) -> list[Frame]:
-        """Accelerating gas: the slope of log(rate) above 1/growth_time_s while the rate is above
-        the onset level (baseline + cusum_h sigmas' worth of evidence, i.e. the alarm)."""
-        c = self.config
-        level = st.sample.mean + 4.0 * math.sqrt(st.sample.var)
-        if st.block.n < c.warmup_blocks or rate <= level or rate <= 0:
-            st.growth[:] = 0.0
-            st.growth_history.clear()
-            return self._indicator(frame, cell, gas + "_growth", t, False, math.nan)
-        growth = ew_update(st.growth, dt, math.log(rate), c.growth_tau_s)
-        history = st.growth_history
-        history.append((t, growth))
-        while history[0][0] < t - c.growth_lag_s:
-            history.popleft()
-        # an exponential keeps its growth rate; a step through a first-order instrument loses it
-        earlier = history[0][1]
-        accelerating = (math.isfinite(growth) and growth > 1.0 / c.growth_time_s
-                        and t - history[0][0] >= 0.5 * c.growth_lag_s
-                        and growth >= 0.5 * earlier)
-        return self._indicator(frame, cell, gas + "_growth", t, accelerating, growth)
+    def _onset_event(self, frame: Frame, cell: _Cell, gas: str, row: np.ndarray) -> Frame:
+        onset_t, z, rate, baseline, sigma = (float(v) for v in row[1:])
+        v, q, soc = self._at(cell, onset_t)
+        severity = "warning" if rate >= self.config.alarm_rate_mol_s else "info"
+        return self._event(frame, cell, onset_t, "gas_onset", severity, {
+            "gas": gas, "rate_mol_s": rate, "baseline_mol_s": baseline,
+            "baseline_sigma_mol_s": sigma, "voltage_V": v, "charge_Ah": q, "soc": soc,
+            "statistic": z})
 
     def _slope_indicator(self, frame: Frame, cell: _Cell, name: str, ts: np.ndarray,
-                         values: np.ndarray, fit: np.ndarray, last_attr: str,
-                         limit: float) -> list[Frame]:
+                         values: np.ndarray, fit: np.ndarray, limit: float) -> list[Frame]:
+        n = ts.size
+        codes, slopes = np.empty(n, dtype=np.int64), np.empty(n)
+        n_on, n_used = K.slope_indicator(ts, values, fit, self.config.slope_tau_s, limit, codes,
+                                         slopes)
+        if n_on == 0:  # all off: the indicator's hold restarts
+            if n_used:
+                cell.indicators.setdefault(name, _Indicator()).since = math.nan
+            return []
         out = []
-        for tk, xk in zip(ts, values, strict=True):
-            tk, xk = float(tk), float(xk)
-            last = getattr(cell, last_attr)
-            if not math.isfinite(xk) or (math.isfinite(last) and tk <= last):
-                continue
-            dt = 0.0 if math.isnan(last) else tk - last
-            setattr(cell, last_attr, tk)
-            slope = ew_update(fit, dt, xk, self.config.slope_tau_s)
-            out += self._indicator(frame, cell, name, tk, math.isfinite(slope) and slope > limit,
-                                   slope)
+        for k in range(n):
+            if codes[k] != K.SKIPPED:
+                out += self._indicator(frame, cell, name, float(ts[k]), codes[k] == K.ON,
+                                       float(slopes[k]))
         return out
 
     def _indicator(self, frame: Frame, cell: _Cell, name: str, t: float, on: bool,

@@ -14,6 +14,8 @@ import math
 import numba as nb
 import numpy as np
 
+from .echem_events import EW, ew_update
+
 # sliding-slope scalars: time anchor (NaN: none yet), count, sum u, sum u^2, ring head, ring length
 T_REF, N, ST, STT, HEAD, COUNT = range(6)
 N_SLOPE = 6
@@ -248,3 +250,202 @@ def gas_block(signals: np.ndarray, t: np.ndarray, a: np.ndarray, scale_a: float,
         s[G_HAVE_N0] = 1.0
     s[G_LAST_T] = t_out[last]
     return OK
+
+
+# -- gas events: gassing onsets and accelerating gas, per gas ---------------------------------
+# state of one gas: sample and block baselines (mean, var, n), the open block, the CUSUM, the
+# fast path, arming, the last time, the EW regression of log(rate) and a ring of its history
+(O_S_MEAN, O_S_VAR, O_S_N, O_B_MEAN, O_B_VAR, O_B_N, O_BLOCK_SUM, O_BLOCK_N, O_BLOCK_T0,
+ O_CUSUM, O_LEFT_ZERO_T, O_FAST_SINCE, O_ARMED, O_ALARMED, O_QUIET_SINCE, O_LAST_T,
+ O_HIST_HEAD, O_HIST_LEN) = range(18)
+O_GROWTH = 18
+HISTORY = 256
+O_HIST_T = O_GROWTH + EW
+O_HIST_G = O_HIST_T + HISTORY
+N_ONSET = O_HIST_G + HISTORY
+# parameters
+(Q_BLOCK_S, Q_WARMUP_BLOCKS, Q_BASELINE_TAU, Q_CUSUM_K, Q_CUSUM_H, Q_FAST_Z, Q_FAST_HOLD,
+ Q_MIN_RATE, Q_ALARM_RATE, Q_REARM_S, Q_GROWTH_TIME, Q_GROWTH_TAU, Q_GROWTH_LAG) = range(13)
+N_ONSET_PARAM = 13
+# event rows: sample index, onset time, statistic, rate, block baseline, sample sigma
+N_ONSET_EVIDENCE = 6
+# per-sample growth codes
+SKIPPED, OFF, ON = -1, 0, 1
+
+
+def new_onset_state() -> np.ndarray:
+    st = np.zeros(N_ONSET)
+    st[[O_BLOCK_T0, O_LEFT_ZERO_T, O_FAST_SINCE, O_QUIET_SINCE, O_LAST_T]] = np.nan
+    st[O_ARMED] = 1.0
+    return st
+
+
+@nb.njit(cache=True)
+def _learn(st: np.ndarray, base: int, x: float, weight: float, warm: float) -> None:
+    """EWMA mean and variance at st[base:base + 3] = (mean, var, n), a running mean for the
+    first ``warm`` values."""
+    n = st[base + 2]
+    a = weight
+    if n < warm:
+        first = 1.0 / (n + 1)
+        if first > a:
+            a = first
+    diff = x - st[base]
+    st[base] += a * diff
+    st[base + 1] = (1 - a) * (st[base + 1] + a * diff * diff)
+    st[base + 2] = n + 1
+
+
+@nb.njit(cache=True)
+def _rearm_onset(st: np.ndarray, t: float, quiet: bool, rearm_s: float) -> None:
+    if st[O_ARMED] == 1.0:
+        return
+    if not quiet:
+        st[O_QUIET_SINCE] = np.nan
+    elif math.isnan(st[O_QUIET_SINCE]):
+        st[O_QUIET_SINCE] = t
+    elif t - st[O_QUIET_SINCE] >= rearm_s:
+        st[O_ARMED], st[O_ALARMED], st[O_CUSUM] = 1.0, 0.0, 0.0
+
+
+@nb.njit(cache=True)
+def onset_step(st: np.ndarray, t: float, rate: float, dt: float, p: np.ndarray,
+               ev: np.ndarray) -> bool:
+    """One rate sample through the two onset paths (see processors/gas_events.py): a CUSUM over
+    block means and a sample ``fast_z`` sigmas up for ``fast_hold_s``. On an onset, writes
+    (onset time, statistic) to ev[0:2], disarms and returns True."""
+    warm = st[O_B_N] >= p[Q_WARMUP_BLOCKS] and st[O_B_VAR] > 0 and st[O_S_VAR] > 0
+    z = (rate - st[O_S_MEAN]) / math.sqrt(st[O_S_VAR]) if warm else 0.0
+    found = False
+    if warm and z > p[Q_FAST_Z]:
+        if math.isnan(st[O_FAST_SINCE]):
+            st[O_FAST_SINCE] = t
+        armed = st[O_ARMED] == 1.0
+        # an episode of info-level gassing escalates when a burst above the alarm rate comes
+        escalates = not armed and st[O_ALARMED] == 0.0 and rate >= p[Q_ALARM_RATE]
+        if (armed or escalates) and t - st[O_FAST_SINCE] >= p[Q_FAST_HOLD] \
+                and rate > p[Q_MIN_RATE]:
+            found = True
+            ev[0], ev[1] = st[O_FAST_SINCE], z
+    else:
+        st[O_FAST_SINCE] = np.nan
+    if math.isnan(st[O_BLOCK_T0]):
+        st[O_BLOCK_T0] = t
+    st[O_BLOCK_SUM] += rate
+    st[O_BLOCK_N] += 1
+    if t - st[O_BLOCK_T0] >= p[Q_BLOCK_S]:
+        mean = st[O_BLOCK_SUM] / st[O_BLOCK_N]
+        st[O_BLOCK_SUM], st[O_BLOCK_N], st[O_BLOCK_T0] = 0.0, 0.0, t
+        if warm:
+            zb = (mean - st[O_B_MEAN]) / math.sqrt(st[O_B_VAR])
+            if st[O_CUSUM] == 0.0:
+                st[O_LEFT_ZERO_T] = t - p[Q_BLOCK_S]
+            cusum = st[O_CUSUM] + zb - p[Q_CUSUM_K]
+            st[O_CUSUM] = cusum if cusum > 0.0 else 0.0
+            if st[O_ARMED] == 1.0 and st[O_CUSUM] > p[Q_CUSUM_H] and mean > p[Q_MIN_RATE] \
+                    and not found:
+                found = True
+                ev[0], ev[1] = st[O_LEFT_ZERO_T], st[O_CUSUM]
+            quiet, typical = zb < 0.5, abs(zb) < 3.0
+        else:
+            quiet = typical = True
+        if st[O_ARMED] == 1.0 and typical:
+            _learn(st, O_B_MEAN, mean, 1.0 - math.exp(-p[Q_BLOCK_S] / p[Q_BASELINE_TAU]),
+                   p[Q_WARMUP_BLOCKS])
+        _rearm_onset(st, t, quiet, p[Q_REARM_S])
+    if not warm or (st[O_ARMED] == 1.0 and abs(z) < 3.0):
+        _learn(st, O_S_MEAN, rate, 1.0 - math.exp(-dt / p[Q_BASELINE_TAU]) if dt > 0 else 0.0,
+               1e9 if not warm else 0.0)
+    if found:
+        st[O_ARMED] = 0.0
+        st[O_QUIET_SINCE] = np.nan
+    return found
+
+
+@nb.njit(cache=True)
+def growth_step(st: np.ndarray, t: float, rate: float, dt: float, p: np.ndarray
+                ) -> tuple[int, float]:
+    """Accelerating gas: the EW slope of log(rate) above 1/growth_time_s, above the onset level
+    (baseline + 4 sigma) after warm-up, keeping half of it over ``growth_lag_s``. Returns
+    (ON or OFF, the slope)."""
+    level = st[O_S_MEAN] + 4.0 * math.sqrt(st[O_S_VAR])
+    if st[O_B_N] < p[Q_WARMUP_BLOCKS] or rate <= level or rate <= 0:
+        st[O_GROWTH:O_GROWTH + EW] = 0.0
+        st[O_HIST_HEAD], st[O_HIST_LEN] = 0.0, 0.0
+        return OFF, np.nan
+    growth = ew_update(st[O_GROWTH:O_GROWTH + EW], dt, math.log(rate), p[Q_GROWTH_TAU])
+    head, n = int(st[O_HIST_HEAD]), int(st[O_HIST_LEN])
+    if n == HISTORY:  # full: the oldest goes
+        head = (head + 1) % HISTORY
+        n -= 1
+    slot = (head + n) % HISTORY
+    st[O_HIST_T + slot], st[O_HIST_G + slot] = t, growth
+    n += 1
+    while n > 1 and st[O_HIST_T + head] < t - p[Q_GROWTH_LAG]:
+        head = (head + 1) % HISTORY
+        n -= 1
+    st[O_HIST_HEAD], st[O_HIST_LEN] = head, n
+    # an exponential keeps its growth rate; a step through a first-order instrument loses it
+    earlier_t, earlier = st[O_HIST_T + head], st[O_HIST_G + head]
+    on = (math.isfinite(growth) and growth > 1.0 / p[Q_GROWTH_TIME]
+          and t - earlier_t >= 0.5 * p[Q_GROWTH_LAG] and growth >= 0.5 * earlier)
+    return (ON if on else OFF), growth
+
+
+@nb.njit(cache=True)
+def onset_block(ts: np.ndarray, rates: np.ndarray, st: np.ndarray, p: np.ndarray,
+                report: bool, runaway: bool, events: np.ndarray, codes: np.ndarray,
+                growth: np.ndarray) -> int:
+    """The rate samples of one frame of one gas. Samples that are not finite or not after the
+    last one are skipped (codes SKIPPED). Onsets go to ``events`` rows [sample, onset t,
+    statistic, rate, block baseline, sample sigma] (returns their number); a reported
+    (``report``) onset at or above the alarm rate marks the episode alarmed. With ``runaway``
+    the growth indicator's code (ON/OFF) and value are written per sample."""
+    m = 0
+    ev = np.empty(2)
+    for k in range(ts.shape[0]):
+        t, rate = ts[k], rates[k]
+        codes[k] = SKIPPED
+        growth[k] = np.nan
+        last = st[O_LAST_T]
+        if not math.isfinite(rate) or (math.isfinite(last) and t <= last):
+            continue
+        dt = 0.0 if math.isnan(last) else t - last
+        st[O_LAST_T] = t
+        if onset_step(st, t, rate, dt, p, ev) and report:
+            events[m, 0], events[m, 1], events[m, 2], events[m, 3] = k, ev[0], ev[1], rate
+            events[m, 4], events[m, 5] = st[O_B_MEAN], math.sqrt(st[O_S_VAR])
+            m += 1
+            if rate >= p[Q_ALARM_RATE]:
+                st[O_ALARMED] = 1.0
+        codes[k] = OFF
+        if runaway:
+            codes[k], growth[k] = growth_step(st, t, rate, dt, p)
+    return m
+
+
+@nb.njit(cache=True)
+def slope_indicator(ts: np.ndarray, xs: np.ndarray, fit: np.ndarray, tau: float,
+                    limit: float, codes: np.ndarray, slopes: np.ndarray) -> tuple[int, int]:
+    """EW slope of a signal per sample (``fit`` = EW regression sums, then the last time):
+    codes ON where the slope is finite and above ``limit``, OFF below, SKIPPED for samples not
+    finite or not after the last one. Returns the numbers ON and used (ON or OFF)."""
+    n_on = n_used = 0
+    for k in range(ts.shape[0]):
+        t, x = ts[k], xs[k]
+        last = fit[EW]
+        codes[k] = SKIPPED
+        slopes[k] = np.nan
+        if not math.isfinite(x) or (math.isfinite(last) and t <= last):
+            continue
+        dt = 0.0 if math.isnan(last) else t - last
+        fit[EW] = t
+        slope = ew_update(fit, dt, x, tau)
+        slopes[k] = slope
+        n_used += 1
+        if math.isfinite(slope) and slope > limit:
+            codes[k] = ON
+            n_on += 1
+        else:
+            codes[k] = OFF
+    return n_on, n_used
