@@ -647,33 +647,45 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .secrets import SecretError
+
+    try:
+        if args.dashboards_command == "check":
+            return _run_check(args)
+        return _run_push(args)
+    except (DashboardError, SecretError) as exc:
+        print(f"opmon dashboards {args.dashboards_command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run_check(args: argparse.Namespace) -> int:
     import time
 
+    from .cli import parse_duration
     from .secrets import read_secret
 
-    if args.dashboards_command == "check":
-        problems = check(args.dir)
-        if not problems and args.influx_url:
-            from .cli import parse_duration
-            token = read_secret("InfluxDB token", env=args.token_env)
-            to_ms = int(time.time() * 1000)
-            from_ms = to_ms - int(parse_duration(args.last) * 1000)
-            problems = check_queries(args.dir, influxql_runner(args.influx_url, args.db, token),
-                                     from_ms, to_ms)
-        for problem in problems:
-            print(problem, file=sys.stderr)
-        print(f"{len(problems)} problem(s) in {args.dir}" if problems else f"{args.dir}: ok")
-        return 1 if problems else 0
-    try:
-        if args.dry_run:
-            payloads = build_payloads(load(args.dir), os.environ)
-            print(json.dumps(payloads.__dict__, indent=2, ensure_ascii=False))
-            return 0
-        token = (read_secret("Grafana token", env=args.token_env) if args.token_env
-                 else os.environ.get("GRAFANA_TOKEN"))
-        sent = push(args.url, args.dir, credential=token)
-    except DashboardError as exc:
-        print(f"opmon dashboards push: {exc}", file=sys.stderr)
-        return 2
+    problems = check(args.dir)
+    if not problems and args.influx_url:
+        token = read_secret("InfluxDB token", env=args.token_env)
+        to_ms = int(time.time() * 1000)
+        from_ms = to_ms - int(parse_duration(args.last) * 1000)
+        problems = check_queries(args.dir, influxql_runner(args.influx_url, args.db, token),
+                                 from_ms, to_ms)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    print(f"{len(problems)} problem(s) in {args.dir}" if problems else f"{args.dir}: ok")
+    return 1 if problems else 0
+
+
+def _run_push(args: argparse.Namespace) -> int:
+    from .secrets import read_secret
+
+    if args.dry_run:
+        payloads = build_payloads(load(args.dir), os.environ)
+        print(json.dumps(payloads.__dict__, indent=2, ensure_ascii=False))
+        return 0
+    token = (read_secret("Grafana token", env=args.token_env) if args.token_env
+             else os.environ.get("GRAFANA_TOKEN"))
+    sent = push(args.url, args.dir, credential=token)
     print("pushed " + ", ".join(f"{n} {what}" for what, n in sent.items()))
     return 0
