@@ -457,4 +457,61 @@ def test_default_rules_fire_on_soft_short_self_discharge_and_plating(tmp_path: P
 
 
 def test_default_rules_stay_quiet_on_clean_cycling() -> None:
-    assert _scenario_alerts("cycling", 2, 6.0) == []
+    assert _scenario_alerts("cycling", 2, 3.0) == []
+
+
+# -- wiring: log notifier, ack listener from the config, the rules command ---------------------
+def test_log_notifier_levels_follow_severity_and_state(caplog) -> None:
+    from stream.alerts.notify import AlertSinkConfig, LogAlertSink
+
+    alerts = run(engine(LOW, {**LOW, "name": "low_info", "severity": "info"}),
+                 blocks([2.0] * 10 + [3.0] * 10))
+    sink = LogAlertSink(AlertSinkConfig(states=["firing", "resolved"]))
+    with caplog.at_level("INFO", logger="opmon.alerts"):
+        for alert in alerts:
+            asyncio.run(sink.write(alert))
+    got = [(r.levelname, r.getMessage().split(" on ")[0]) for r in caplog.records]
+    assert got == [("ERROR", "[critical] low firing"), ("INFO", "[info] low_info firing"),
+                   ("INFO", "[critical] low resolved"), ("INFO", "[info] low_info resolved")]
+    assert all("[key exp/low" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    picky = LogAlertSink(AlertSinkConfig(min_severity="critical", states=["firing"]))
+    with caplog.at_level("INFO", logger="opmon.alerts"):
+        for alert in alerts:
+            asyncio.run(picky.write(alert))
+    assert [r.getMessage().split(" on ")[0] for r in caplog.records] == ["[critical] low firing"]
+
+
+def test_ack_listener_comes_from_the_alert_mqtt_sink_config() -> None:
+    from stream.alerts.mqtt import ack_sources
+    from stream.config import OpmonConfig
+
+    def config(**sink: object) -> OpmonConfig:
+        return OpmonConfig.model_validate({"experiment": {"id": "exp42"}, "sinks": [
+            {"type": "console"}, {"type": "alert_mqtt", "url": "mqtt://127.0.0.1:1883", **sink}]})
+
+    (source,) = ack_sources(config())
+    assert source.topic == "opmon/exp42/alerts/ack" and source.auxiliary
+    assert ack_sources(config(ack=False)) == []
+    assert ack_sources(config(topic_root="lab"))[0].topic == "lab/exp42/alerts/ack"
+    frame = source.command_frame(b'{"rule": "hard_short", "cell": "cell03", "by": "bob"}')
+    assert frame.validate().kind == COMMAND_KIND and frame.stream == "exp42/_operator/alert_ack"
+    assert frame.meta == {"command": "ack", "rule": "hard_short", "cell": "cell03", "by": "bob"}
+    assert source.command_frame(b'{"rule": "x", "severity": "high"}') is None  # unknown key
+    assert source.command_frame(b"not json") is None and source.rejects == 2
+    with pytest.raises(ValidationError, match="mqtt://"):
+        MqttAlertConfig(url="zmq+pubsub://127.0.0.1:5555")
+
+
+def test_rules_command_prints_valid_toml(tmp_path: Path, capsys) -> None:
+    import tomllib
+
+    assert _cli(["alerts", "rules"]) == 0
+    printed = tomllib.loads(capsys.readouterr().out)["alerts"]
+    assert [AlertRule(**r) for r in printed] == [AlertRule(**r) for r in default_rules()]
+    config = tmp_path / "c.toml"
+    config.write_text('[experiment]\nid = "e"\n[[alerts]]\nname = "low"\nkind = "echem"\n'
+                      'field = "voltage"\nop = "<"\nthreshold = 2.5\n')
+    assert _cli(["alerts", "rules", "-c", str(config)]) == 0
+    assert tomllib.loads(capsys.readouterr().out)["alerts"] == [
+        {"name": "low", "kind": "echem", "field": "voltage", "op": "<", "threshold": 2.5}]
