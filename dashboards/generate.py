@@ -303,13 +303,19 @@ def system_health() -> dict[str, Any]:
         health("Latency", 'max("latency_p50_ms") AS "p50", max("latency_p99_ms") AS "p99", '
                'max("latency_max_ms") AS "max"', "ms", col=True),
         health("InfluxDB sink: points", 'max("points_written") AS "written", '
-               'max("points_spooled") AS "spooled", max("points_dropped") AS "dropped"',
-               "short", col=True, description="Counters of the InfluxDB sink stage; empty for "
-               "stages that do not write to InfluxDB."),
-        health("InfluxDB sink: spool depth and batch latency",
-               'max("spool_batches") AS "spool batches", max("batch_latency_ms") AS '
-               '"batch latency ms"', "short", col=True,
-               description="Batches waiting on disk while the database is unreachable."),
+               'max("points_spooled") AS "spooled", max("points_dead_lettered") AS '
+               '"dead-lettered", max("points_dropped") AS "dropped"', "short", col=True,
+               description="Cumulative counters of the InfluxDB sink stage; empty for stages "
+               "that do not write to InfluxDB."),
+        health("InfluxDB sink: spool depth",
+               'max("spool_points") AS "points", max("spool_batches") AS "batches"', "short",
+               col=True, description="Lines and batches waiting on disk while the database is "
+               "unreachable; replayed oldest first."),
+        health("InfluxDB sink: batch latency", 'max("batch_latency_p50_ms") AS "p50", '
+               'max("batch_latency_p99_ms") AS "p99", max("batch_latency_max_ms") AS "max"',
+               "ms", col=True),
+        health("InfluxDB sink: database up and retries",
+               'min("db_up") AS "up", max("retries") AS "retries"', "short", col=True),
     ]
     stage_var = variable("stage", "Stage", 'SHOW TAG VALUES FROM "health" WITH KEY = '
                          f'"instrument" WHERE {EXPERIMENT}')
@@ -318,7 +324,8 @@ def system_health() -> dict[str, Any]:
                   stage_var]
     return dashboard("opmon-system-health", "opmon / System health",
                      "The node's own health frames: throughput, gaps, rejects, queues, "
-                     "latency and the InfluxDB sink's spool.", panels, templating)
+                     "latency, and the InfluxDB sink's points, spool and batches.", panels,
+                     templating)
 
 
 DASHBOARDS = {"cell-overview": cell_overview, "gas": gas, "pressure": pressure,
