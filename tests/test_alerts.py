@@ -24,7 +24,7 @@ from stream.alerts.defaults import default_rules
 from stream.alerts.mqtt import AckSource, MqttAlertConfig, MqttAlertSink, read_retained
 from stream.build import build_node
 from stream.config import ConfigError, parse_config
-from stream.frame import Frame
+from stream.frame import Frame, FrameError
 from stream.lineprotocol import encode_frame
 from stream.node import Node
 from stream.sources import Source
@@ -340,7 +340,7 @@ async def test_ack_over_the_mqtt_command_topic_and_retained_state(tmp_path: Path
                     [engine({**HARD_SHORT, "latch": True, "resolve_after_s": 1.0}, LOW)],
                     [MqttAlertSink(sink_cfg), collect], handle_signals=False)
         run_task = asyncio.create_task(node.run())
-        await asyncio.wait_for(ack_source.subscribed.wait(), 10)
+        await asyncio.wait_for(ack_source.subscriber.subscribed.wait(), 10)
         async with aiomqtt.Client(broker.host, broker.port) as watcher:
             await watcher.subscribe("opmon/exp/alerts/#", qos=1)
             await source.queue.put(event("hard_short", 1.0, cell="cell03"))
@@ -375,7 +375,7 @@ async def test_ack_over_the_mqtt_command_topic_and_retained_state(tmp_path: Path
             # a bad command is rejected and counted, nothing else happens
             await watcher.publish("opmon/exp/alerts/ack", b'{"cell": "cell03"}', qos=1)
             await asyncio.sleep(0.3)
-            assert ack_source.rejects == 1
+            assert ack_source.subscriber.rejects == 1
         node.stop()
         await asyncio.wait_for(run_task, 20)
         docs = await read_retained(sink_cfg, "exp")
@@ -494,11 +494,13 @@ def test_ack_listener_comes_from_the_alert_mqtt_sink_config() -> None:
     assert source.topic == "opmon/exp42/alerts/ack" and source.auxiliary
     assert ack_sources(config(ack=False)) == []
     assert ack_sources(config(topic_root="lab"))[0].topic == "lab/exp42/alerts/ack"
-    frame = source.command_frame(b'{"rule": "hard_short", "cell": "cell03", "by": "bob"}')
+    subscriber = source.subscriber
+    frame = subscriber.command_frame(b'{"rule": "hard_short", "cell": "cell03", "by": "bob"}')
     assert frame.validate().kind == COMMAND_KIND and frame.stream == "exp42/_operator/alert_ack"
     assert frame.meta == {"command": "ack", "rule": "hard_short", "cell": "cell03", "by": "bob"}
-    assert source.command_frame(b'{"rule": "x", "severity": "high"}') is None  # unknown key
-    assert source.command_frame(b"not json") is None and source.rejects == 2
+    for bad in (b'{"rule": "x", "severity": "high"}', b"not json", b'{"cell": "cell03"}'):
+        with pytest.raises(FrameError, match="not an acknowledgement"):
+            subscriber.command_frame(bad)
     with pytest.raises(ValidationError, match="mqtt://"):
         MqttAlertConfig(url="zmq+pubsub://127.0.0.1:5555")
 

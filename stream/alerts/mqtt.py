@@ -19,44 +19,30 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any
 
 import aiomqtt
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from ..frame import Frame
-from ..sources import Source
+from ..frame import Frame, FrameError
+from ..sources import Source, SubscriberSource
 from ..transports.base import TransportConfig
-from ..transports.mqtt import _Backoff, _client_kwargs
+from ..transports.mqtt import MqttSubscriber, _Backoff, _client_kwargs
 from . import ACK_COMMAND, COMMAND_KIND, ack_topic, alert_topic
 from .notify import AlertSink, AlertSinkConfig, alert_document
 
 log = logging.getLogger("opmon.alerts.mqtt")
 
-_TRANSPORT_KEYS = {"url", "qos", "client_id", "username", "password_env", "password_file",
-                   "tls_ca", "tls_cert", "tls_key", "tls_insecure", "reconnect_min_s",
-                   "reconnect_max_s"}
+class MqttAlertConfig(AlertSinkConfig, TransportConfig):
+    """The broker and its options as for any MQTT link (url, qos, client_id, username,
+    password_env/password_file, tls_*, reconnect_*), plus what is particular to alerts."""
 
-
-class MqttAlertConfig(AlertSinkConfig):
     url: str                          # mqtt://HOST:PORT or mqtts://HOST:PORT
-    qos: Literal[0, 1] = 1
     topic_root: str = "opmon"
     retain: bool = True
     clear_on_resolve: bool = False    # delete the retained message when an alert resolves
     ack: bool = True                  # the node listens on <root>/<experiment>/alerts/ack
     max_buffered: int = 10_000        # alerts waiting to be sent; a full buffer makes write wait
-    client_id: str | None = None      # set it for a persistent session on the ack topic
-    username: str | None = None
-    password_env: str | None = None
-    password_file: str | None = None
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    tls_insecure: bool = False
-    reconnect_min_s: float = 0.1
-    reconnect_max_s: float = 10.0
 
     @field_validator("url")
     @classmethod
@@ -66,7 +52,7 @@ class MqttAlertConfig(AlertSinkConfig):
         return url
 
     def transport(self) -> TransportConfig:
-        return TransportConfig(**self.model_dump(include=_TRANSPORT_KEYS))
+        return TransportConfig(**self.model_dump(include=set(TransportConfig.model_fields)))
 
 
 class MqttAlertSink(AlertSink):
@@ -152,61 +138,43 @@ class AckCommand(BaseModel):
     comment: str | None = None
 
 
-class AckSource(Source):
+class AckSubscriber(MqttSubscriber):
     """Acknowledgements from the MQTT command topic, as ``command`` frames on
-    ``<experiment>/_operator/alert_ack``. ``auxiliary``: the node does not wait for it to end."""
+    ``<experiment>/_operator/alert_ack``; anything else on the topic is a counted reject."""
 
-    trusted = False
+    def __init__(self, config: MqttAlertConfig, experiment: str):
+        self.topic = ack_topic(experiment, config.topic_root)
+        super().__init__(config.transport(), [self.topic])
+        self.stream = f"{experiment}/_operator/alert_ack"
+        self._seq = 0
+
+    def command_frame(self, payload: bytes) -> Frame:
+        try:
+            ack = AckCommand.model_validate_json(payload)
+        except ValidationError as exc:
+            raise FrameError(self.stream, "payload", f"not an acknowledgement {{rule, cell, by, "
+                             f"comment}}: {exc.errors()[0]['msg']}") from None
+        meta: dict[str, Any] = {"command": ACK_COMMAND, **ack.model_dump(exclude_none=True)}
+        frame = Frame(self.stream, COMMAND_KIND, self._seq, time.time_ns(), {}, {}, meta)
+        self._seq += 1
+        return frame
+
+    def _decode(self, raw: object) -> list[Frame]:
+        payload = raw.payload  # type: ignore[attr-defined]
+        return [self.command_frame(payload if isinstance(payload, bytes)
+                                   else str(payload).encode())]
+
+
+class AckSource(SubscriberSource):
+    """The node's source of acknowledgements. ``auxiliary``: the node does not wait for it to
+    end (it never does)."""
+
     auxiliary = True
 
     def __init__(self, config: MqttAlertConfig, experiment: str):
-        self.config = config
-        self.transport = config.transport()
-        self.experiment = experiment
-        self.topic = ack_topic(experiment, config.topic_root)
-        self.name = f"alert-ack {self.topic}"
-        self.stream = f"{experiment}/_operator/alert_ack"
-        self.subscribed = asyncio.Event()
-        self.received = 0
-        self.rejects = 0
-
-    def command_frame(self, payload: bytes) -> Frame | None:
-        try:
-            ack = AckCommand.model_validate(json.loads(payload))
-        except (ValueError, ValidationError) as exc:
-            self.rejects += 1
-            log.warning("%s: not an acknowledgement (%s): %r", self.topic, exc, payload[:200])
-            return None
-        meta: dict[str, Any] = {"command": ACK_COMMAND,
-                                **ack.model_dump(exclude_none=True)}
-        frame = Frame(self.stream, COMMAND_KIND, self.received, time.time_ns(), {}, {}, meta)
-        self.received += 1
-        return frame
-
-    async def frames(self) -> AsyncIterator[Frame]:
-        backoff = _Backoff(self.transport)
-        persistent = self.config.client_id is not None
-        identifier = self.config.client_id or f"opmon-ack-{uuid.uuid4().hex[:12]}"
-        while True:
-            try:
-                kwargs = _client_kwargs(self.transport, identifier, clean_session=not persistent)
-                async with aiomqtt.Client(**kwargs) as client:
-                    await client.subscribe(self.topic, qos=1)
-                    backoff.reset()
-                    self.subscribed.set()
-                    async for message in client.messages:
-                        payload = message.payload
-                        frame = self.command_frame(payload if isinstance(payload, bytes)
-                                                   else str(payload).encode())
-                        if frame is not None:
-                            yield frame
-            except (aiomqtt.MqttError, OSError) as exc:
-                self.subscribed.clear()
-                log.warning("%s: connection lost (%s); reconnecting", self.topic, exc)
-                await backoff.sleep()
-
-    def counters(self) -> dict[str, int]:
-        return {"rejects": self.rejects}
+        subscriber = AckSubscriber(config, experiment)
+        super().__init__(subscriber, name=f"alert-ack {subscriber.topic}")
+        self.topic = subscriber.topic
 
 
 def ack_sources(cfg: Any) -> list[Source]:
