@@ -1,11 +1,11 @@
-"""InfluxDB line protocol for frames, vectorised: one ``str.format`` per line over whole columns.
+"""InfluxDB line protocol for frames, vectorised: whole columns rendered by a numba kernel.
 
 Schema. Measurement = kind with '.' replaced by '_' (``result.cycle`` -> ``result_cycle``).
 Tags, sorted: ``experiment``, ``cell``, ``instrument`` from the stream key plus ``gas`` and
 ``peak`` from ``meta["tags"]``; nothing else (never seq or time); empty values are left out.
-Fields, sorted by name: every array with one value per sample (``t`` excluded; complex and
-multi-dimensional arrays skipped); event and alert frames also carry their scalar ``meta``
-entries (an array of the same name wins). Timestamps in ns: ``t0_ns + round(t * 1e9)``.
+Fields, sorted by name: every array with one value per sample (``t`` excluded; complex arrays
+skipped); event and alert frames also carry their scalar ``meta`` entries (an array of the same
+name wins). Timestamps in ns: ``t0_ns + round(t * 1e9)``.
 
 Values, byte for byte as influxdb-client's ``Point.to_line_protocol()`` writes them: floats as
 Python's shortest repr with a trailing ``.0`` dropped (``2.0`` -> ``2``, ``-0.0`` -> ``-0``,
@@ -20,15 +20,17 @@ newline, carriage return or tab in a name, a field key ``time``, and an odd run 
 before a character that needs escaping or at the end of a name (InfluxDB reads that backslash as
 an escape).
 
-Unique points. Within a frame, samples that share a nanosecond are moved 1 ns apart (ties become
-strictly increasing). Across frames, ``LineEncoder`` remembers the last ``window`` timestamps of
-every series and moves a sample that would land on one of them (or on a sample moved earlier) 1 ns
-later until it is free. Results of different processors never meet: the instrument tag is the
-processor's name. Every move is counted in ``LineEncoder.nudged``.
+Unique points. Within a frame, samples that share a nanosecond are moved apart (a tie becomes
++1 ns, +2 ns ...). Across frames, ``LineEncoder`` remembers the last ``window`` timestamps of
+every series and moves a sample that would land on one of them 1 ns later until it is free.
+Results of different processors never meet: the instrument tag is the processor's name. Every
+move is counted in ``LineEncoder.nudged``.
 """
 
 from __future__ import annotations
 
+import collections
+import operator
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -36,10 +38,11 @@ from typing import Any
 import numpy as np
 
 from .frame import Frame
+from .influx import numfmt
 
 ALLOWED_EXTRA_TAGS = ("gas", "peak")
 ALLOWED_TAGS = ("experiment", "cell", "instrument", *ALLOWED_EXTRA_TAGS)
-MAX_EXACT_INT_FLOAT = 2.0**53  # integral floats below this print as their int
+_META_FIELD_KINDS = ("event", "alert")  # kinds whose scalar meta entries are fields too
 
 _TAG_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
 _MEAS_ESCAPES = str.maketrans({",": r"\,", " ": r"\ "})
@@ -77,7 +80,7 @@ def check_name(name: str, what: str) -> str:
         raise LineProtocolError(what, name, "starts with '#' (a comment line)")
     if what == "field key" and name == "time":
         raise LineProtocolError(what, name, "InfluxDB rejects a field named time")
-    if what.startswith("tag key") and name in ("time", "_field", "_measurement"):
+    if what == "tag key" and name in ("time", "_field", "_measurement"):
         raise LineProtocolError(what, name, "reserved")
     return name
 
@@ -150,8 +153,8 @@ _SERIES_CACHE: dict[tuple, str] = {}
 def series_key(frame: Frame) -> str:
     """The measurement and tag part of every line of ``frame`` (cached per stream, kind, tags)."""
     tags = frame.meta.get("tags")
-    cache_key = (frame.stream, frame.kind,
-                 tuple(sorted(tags.items())) if isinstance(tags, dict) else None)
+    cache_key = (frame.stream, frame.kind, tags.get("gas"), tags.get("peak")) \
+        if type(tags) is dict else (frame.stream, frame.kind, None, None)
     key = _SERIES_CACHE.get(cache_key)
     if key is None:
         key = series_prefix(measurement_for(frame.kind), frame_tags(frame))
@@ -161,9 +164,23 @@ def series_key(frame: Frame) -> str:
     return key
 
 
+def frame_fields(frame: Frame) -> dict[str, Any]:
+    """The fields of a frame: arrays with one value per sample (any shape when the frame has
+    one sample), plus the scalar meta entries of events and alerts."""
+    n = frame.n_samples
+    fields: dict[str, Any] = {}
+    if frame.kind in _META_FIELD_KINDS:
+        fields.update({k: v for k, v in frame.meta.items()
+                       if isinstance(v, (bool, int, float, str)) and k != "tags"})
+    for name, arr in frame.arrays.items():
+        if name != "t" and arr.size == n and (n == 1 or arr.ndim == 1):
+            fields[name] = arr.reshape(n)
+    return fields
+
+
 # -- columns ----------------------------------------------------------------------------------
-_BOOL_TEXT = np.array(["false", "true"], dtype=object)
 _FIELD_KEYS: dict[str, str] = {}
+_INT64_MAX = np.iinfo(np.int64).max
 
 
 def _field_key(name: str) -> str:
@@ -175,54 +192,76 @@ def _field_key(name: str) -> str:
     return key
 
 
+class _MixedGroup(Exception):
+    """Frames grouped together that cannot share columns (encoded one by one instead)."""
+
+
 @dataclass(slots=True)
 class _Column:
-    key: str                            # escaped field key
-    text: list[str] | None              # the value of each row as text; None for a constant
-    suffix: str = ""                    # "i" for integers
-    const: str | None = None            # the formatted constant (meta fields)
-    finite: np.ndarray | None = None    # rows that have a value; None = every row
+    """One field: numbers (FLOAT float64, INT int64, BOOL bool) or TEXT, the value text of
+    each row (None where absent) or ``const``, the same text on every row."""
+    key: str
+    kind: int
+    values: np.ndarray | None = None
+    texts: list[str | None] | None = None
+    const: str | None = None
 
+    def take(self, rows: np.ndarray) -> _Column:
+        if self.values is not None:
+            return _Column(self.key, self.kind, self.values[rows])
+        if self.texts is not None:
+            return _Column(self.key, self.kind, texts=[self.texts[i] for i in rows.tolist()])
+        return self
 
-def _float_text(a: np.ndarray) -> tuple[list[str], np.ndarray | None]:
-    """Floats as influxdb-client prints them: ``str(v)`` without a trailing ``.0``. Integral
-    values below 2**53 print as their int (same digits, no ``.0``), negative zero as ``-0``,
-    integral values from 2**53 to 1e16 one by one; everything else is ``repr`` in C."""
-    a = np.asarray(a, dtype=np.float64)
-    finite = np.isfinite(a)
-    all_finite = bool(finite.all())
-    safe = a if all_finite else np.where(finite, a, 0.5)
-    integral = safe == np.trunc(safe)
-    if not integral.any():
-        return list(map(repr, a.tolist())), None if all_finite else finite
-    small = integral & (np.abs(safe) < MAX_EXACT_INT_FLOAT)
-    if small.all() and not np.signbit(a).any():
-        return list(map(str, a.astype(np.int64).tolist())), None
-    values = a.astype(object)
-    values[small] = a[small].astype(np.int64).astype(object)
-    text = list(map(str, values.tolist()))
-    for i in np.flatnonzero((integral & ~small) | (small & (safe == 0) & np.signbit(safe))):
-        text[i] = format_float(float(a[i]))  # 2**53 <= |v| < 1e16 and -0.0: rare
-    return text, None if all_finite else finite
+    def present(self) -> np.ndarray | None:
+        """Rows with a value; None = every row."""
+        if self.kind == numfmt.FLOAT:
+            finite = np.isfinite(self.values)
+            return None if finite.all() else finite
+        if self.texts is not None and None in self.texts:
+            return np.array([t is not None for t in self.texts])
+        return None
 
 
 def _array_column(name: str, arr: np.ndarray) -> _Column | None:
     kind = arr.dtype.kind
     if kind == "f":
-        text, finite = _float_text(arr)
-        return _Column(_field_key(name), text, "", None, finite)
-    if kind in "iu":
-        return _Column(_field_key(name), list(map(str, arr.tolist())), "i")
+        return _Column(_field_key(name), numfmt.FLOAT, arr.astype(np.float64, copy=False))
+    if kind == "i" or (kind == "u" and (arr.size == 0 or int(arr.max()) <= _INT64_MAX)):
+        return _Column(_field_key(name), numfmt.INT, arr.astype(np.int64, copy=False))
+    if kind == "u":  # beyond int64: written as it is (InfluxDB refuses it, dead letter)
+        return _Column(_field_key(name), numfmt.TEXT, texts=[f"{v}i" for v in arr.tolist()])
     if kind == "b":
-        return _Column(_field_key(name), _BOOL_TEXT[arr.astype(np.intp)].tolist())
+        return _Column(_field_key(name), numfmt.BOOL, arr.astype(bool, copy=False))
     if kind in "OUS":
-        return _Column(_field_key(name), [string_field(str(v)) for v in arr.tolist()])
+        return _Column(_field_key(name), numfmt.TEXT,
+                       texts=[string_field(str(v)) for v in arr.tolist()])
     return None  # complex: not storable
 
 
-def _const_column(name: str, value: Any) -> _Column | None:
+def _scalar_column(name: str, value: Any) -> _Column | None:
     text = format_scalar(value)
-    return None if text is None else _Column(_field_key(name), None, const=text)
+    return None if text is None else _Column(_field_key(name), numfmt.TEXT, const=text)
+
+
+def _scalars_column(name: str, values: tuple) -> _Column | None:
+    """A column from Python scalars (one per single-sample frame), all of one type."""
+    types = set(map(type, values))
+    if len(types) != 1:
+        raise _MixedGroup(name)
+    kind = types.pop()
+    if kind is float:
+        return _Column(_field_key(name), numfmt.FLOAT, np.array(values, dtype=np.float64))
+    if kind is bool:
+        return _Column(_field_key(name), numfmt.BOOL, np.array(values, dtype=bool))
+    if kind is int:
+        try:
+            return _Column(_field_key(name), numfmt.INT, np.array(values, dtype=np.int64))
+        except OverflowError:
+            return _Column(_field_key(name), numfmt.TEXT, texts=[f"{v}i" for v in values])
+    if kind is str:
+        return _Column(_field_key(name), numfmt.TEXT, texts=[string_field(v) for v in values])
+    return None
 
 
 def columns_for(fields: dict[str, Any], n: int) -> list[_Column]:
@@ -237,7 +276,7 @@ def columns_for(fields: dict[str, Any], n: int) -> list[_Column]:
         elif isinstance(value, np.ndarray) and value.size == 1 and n == 1:
             col = _array_column(name, value.reshape(1))
         elif np.isscalar(value):
-            col = _const_column(name, value)
+            col = _scalar_column(name, value)
         else:
             col = None
         if col is not None:
@@ -245,73 +284,59 @@ def columns_for(fields: dict[str, Any], n: int) -> list[_Column]:
     return out
 
 
-def _rows_with_fields(columns: list[_Column], n: int) -> np.ndarray | None:
+def _rows_with_fields(columns: list[_Column]) -> np.ndarray | None:
     """Rows with at least one field (None = every row)."""
-    if any(c.finite is None for c in columns):
-        return None
-    has = np.zeros(n, dtype=bool)
+    has = None
     for c in columns:
-        has |= c.finite
-    return None if has.all() else has
+        present = c.present()
+        if present is None:
+            return None
+        has = present if has is None else has | present
+    return None if has is None or has.all() else has
 
 
-def _take(columns: list[_Column], rows: np.ndarray) -> list[_Column]:
-    idx = rows.tolist()
-    return [c if c.text is None else
-            _Column(c.key, [c.text[i] for i in idx], c.suffix, c.const,
-                    None if c.finite is None else c.finite[rows]) for c in columns]
-
-
-def _slots(prefix: str, columns: list[_Column], n: int) -> list[str | list[str]]:
-    """The pieces of every line, in order: a str is the same on each line, a list has one entry
-    per line. Fields that a row lacks (NaN) are left out of that row together with their
-    separator, which is ' ' before the first field of a row and ',' before the others."""
-    slots: list[str | list[str]] = []
-    static = prefix
-    placed_always = False                 # a field present on every row is already placed
-    placed = np.zeros(n, dtype=bool)      # per row: some field already placed
-    for c in columns:
-        value = c.const if c.text is None else None
-        if c.finite is None and (placed_always or not placed.any()):
-            static += ("," if placed_always else " ") + c.key + "="
-            if value is not None:
-                static += value
-            else:
-                slots += [static, c.text]
-                static = ""
-            static += c.suffix
-            placed_always = True
-            placed[:] = True
-            continue
-        present = np.ones(n, dtype=bool) if c.finite is None else c.finite
-        seps = np.where(placed, ",", " ").tolist() if not placed_always else [","] * n
-        text = [value] * n if value is not None else c.text
-        piece = c.key + "="
-        slots += [static, [f"{sep}{piece}{v}{c.suffix}" if ok else ""
-                           for sep, v, ok in zip(seps, text, present.tolist(), strict=True)]]
-        static = ""
-        placed |= present
-    slots.append(static + " ")
-    return slots
-
-
-def _render(prefix: str, columns: list[_Column], ts: np.ndarray) -> str:
-    """Every row as a line (newline-terminated), joined in one ``str.join``."""
+def _render(prefix: str, columns: list[_Column], ts: np.ndarray) -> bytes:
+    """Every row as a newline-terminated line, by ``numfmt.render_lines``."""
     n = ts.shape[0]
-    slots = [s for s in _slots(prefix, columns, n) if s != ""]
-    slots += [list(map(str, ts.tolist())), "\n"]
-    stride = len(slots)
-    pieces: list[str | None] = [None] * (n * stride)
-    for j, slot in enumerate(slots):
-        pieces[j::stride] = [slot] * n if isinstance(slot, str) else slot
-    return "".join(pieces)
-
-
-def _select(columns: list[_Column], ts: np.ndarray,
-            written: np.ndarray | None) -> tuple[list[_Column], np.ndarray]:
-    if written is None:
-        return columns, ts
-    return _take(columns, np.flatnonzero(written)), ts[written]
+    kinds = np.array([c.kind for c in columns], dtype=np.int8)
+    keys = [(c.key + "=").encode() for c in columns]
+    key_end = np.cumsum([len(k) for k in keys], dtype=np.int64)
+    index = np.zeros(len(columns), dtype=np.int64)
+    floats_, ints_, texts = [], [], []
+    for j, c in enumerate(columns):
+        group = floats_ if c.kind == numfmt.FLOAT else texts if c.kind == numfmt.TEXT else ints_
+        index[j] = len(group)
+        group.append(c)
+    floats = np.empty((n, len(floats_)), dtype=np.float64)
+    for j, c in enumerate(floats_):
+        floats[:, j] = c.values
+    ints = np.empty((n, len(ints_)), dtype=np.int64)
+    for j, c in enumerate(ints_):
+        ints[:, j] = c.values
+    pieces, text_start, text_end, offset = [], np.full((len(texts), n), -1, dtype=np.int64), \
+        np.full((len(texts), n), -1, dtype=np.int64), 0
+    for j, c in enumerate(texts):
+        if c.const is not None:
+            data = c.const.encode()
+            pieces.append(data)
+            text_start[j], text_end[j] = offset, offset + len(data)
+            offset += len(data)
+            continue
+        for r, text in enumerate(c.texts):
+            if text is not None:
+                data = text.encode()
+                pieces.append(data)
+                text_start[j, r], text_end[j, r] = offset, offset + len(data)
+                offset += len(data)
+    blob = np.frombuffer(b"".join(pieces), dtype=np.uint8) if offset else np.zeros(0, np.uint8)
+    prefix_bytes = np.frombuffer(prefix.encode(), dtype=np.uint8)
+    text_bytes = int((text_end - text_start).sum()) if texts else 0
+    size = n * (prefix_bytes.shape[0] + int(key_end[-1]) + 27 * len(columns) + 24) + text_bytes
+    buf = np.empty(size, dtype=np.uint8)
+    used, _ = numfmt.render_lines(buf, prefix_bytes, np.frombuffer(b"".join(keys), np.uint8),
+                                  key_end, kinds, index, floats, ints, blob, text_start,
+                                  text_end, ts)
+    return buf[:used].tobytes()
 
 
 def strictly_increasing(ts: np.ndarray) -> tuple[np.ndarray, int]:
@@ -337,66 +362,65 @@ def strictly_increasing(ts: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def encode_points(measurement: str, tags: dict[str, str], fields: dict[str, Any],
-                  times_ns: np.ndarray | list[int]) -> str:
-    """Line-protocol text (newline-terminated lines) for ``len(times_ns)`` points of one series:
+                  times_ns: np.ndarray | list[int]) -> bytes:
+    """Line protocol (newline-terminated lines) for ``len(times_ns)`` points of one series:
     ``fields`` maps names to arrays (one value per point) or scalars (the same on every line).
     Timestamps are written as given (no uniqueness step)."""
     ts = np.asarray(times_ns, dtype=np.int64).reshape(-1)
     columns = columns_for(fields, ts.shape[0])
-    if not columns:
-        return ""
-    columns, ts = _select(columns, ts, _rows_with_fields(columns, ts.shape[0]))
-    return _render(series_prefix(measurement, tags), columns, ts) if ts.shape[0] else ""
+    if not columns or ts.shape[0] == 0:
+        return b""
+    return _render(series_prefix(measurement, tags), columns, ts)
 
 
 # -- frames -----------------------------------------------------------------------------------
-def frame_fields(frame: Frame) -> dict[str, Any]:
-    """The field columns of a frame: per-sample arrays, plus scalar meta for events/alerts."""
-    n = frame.n_samples
-    fields: dict[str, Any] = {}
-    if frame.kind in ("event", "alert"):
-        fields.update({k: v for k, v in frame.meta.items()
-                       if isinstance(v, (bool, int, float, str)) and k != "tags"})
-    for name, arr in frame.arrays.items():
-        if name != "t" and arr.ndim <= 1 and arr.size == n:
-            fields[name] = arr.reshape(n)
-    return fields
+def _scalar_fields(fields: dict[str, Any]) -> str | None:
+    """The field set of one line from scalars (a single-sample frame), without numpy."""
+    parts = []
+    for name in sorted(fields):
+        value = fields[name]
+        if isinstance(value, np.ndarray):
+            value = value.item(0)
+        text = format_scalar(value)
+        if text is not None:
+            parts.append(f"{_field_key(name)}={text}")
+    return ",".join(parts) if parts else None
 
 
-@dataclass(slots=True)
 class _Recent:
-    """The last ``window`` timestamps written to one series (a ring) and the largest."""
-    ring: np.ndarray
-    pos: int = 0
-    count: int = 0
-    last: int = -(2**63)
+    """The last ``window`` timestamps written to one series and the largest ever written."""
+    __slots__ = ("last", "order", "seen", "window")
 
-    def add(self, ts: np.ndarray) -> None:
-        w = self.ring.shape[0]
-        if ts.shape[0] >= w:
-            self.ring[:] = ts[-w:]
-            self.pos, self.count = 0, w
+    def __init__(self, window: int):
+        self.window = window
+        self.order: collections.deque[int] = collections.deque()
+        self.seen: set[int] = set()
+        self.last = -(2**63)
+
+    def add(self, ts: list[int]) -> None:
+        if len(ts) >= self.window:
+            self.order = collections.deque(ts[-self.window:])
+            self.seen = set(self.order)
         else:
-            end = self.pos + ts.shape[0]
-            if end <= w:
-                self.ring[self.pos:end] = ts
-            else:
-                k = w - self.pos
-                self.ring[self.pos:] = ts[:k]
-                self.ring[:end - w] = ts[k:]
-            self.pos = end % w
-            self.count = min(w, self.count + ts.shape[0])
-        self.last = max(self.last, int(ts.max()))
+            for t in ts:
+                self.order.append(t)
+                self.seen.add(t)
+            while len(self.order) > self.window:
+                self.seen.discard(self.order.popleft())
+        self.last = max(self.last, max(ts))
 
-    def taken(self) -> np.ndarray:
-        return self.ring[:self.count] if self.count < self.ring.shape[0] else self.ring
+
+_T0 = operator.attrgetter("t0_ns")
+_ITEM = np.ndarray.item
 
 
 class LineEncoder:
     """Encodes frames and keeps their points unique per series and nanosecond (see module doc).
 
-    Counters: ``lines`` written, ``empty`` samples without any storable field, ``nudged``
-    samples moved by a nanosecond or more."""
+    ``encode`` takes one frame; ``encode_many`` takes a batch and renders the frames of each
+    series and array layout as one set of columns (the fast path for many single-sample
+    results). Counters: ``lines`` written, ``empty`` samples without any storable field,
+    ``nudged`` samples moved by a nanosecond or more."""
 
     def __init__(self, window: int = 64, max_series: int = 200_000):
         self.window = max(1, int(window))
@@ -406,75 +430,207 @@ class LineEncoder:
         self.empty = 0
         self.nudged = 0
 
-    def encode(self, frame: Frame, max_lines: int | None = None) -> list[tuple[str, int]]:
-        """Line-protocol text for ``frame`` (newline-terminated lines) in chunks of at most
-        ``max_lines`` lines: a list of (text, line count). Raises LineProtocolError for names
+    # -- one frame ------------------------------------------------------------------------
+    def encode(self, frame: Frame, max_lines: int | None = None) -> list[tuple[bytes, int]]:
+        """Line protocol for ``frame`` (newline-terminated lines) in chunks of at most
+        ``max_lines`` lines: a list of (bytes, line count). Raises LineProtocolError for names
         InfluxDB cannot store."""
         prefix = series_key(frame)
         n = frame.n_samples
+        if n == 1:
+            fields = frame_fields(frame)
+            text = _scalar_fields(fields)
+            if text is None:
+                self.empty += 1 if fields else 0
+                return []
+            t = frame.t0_ns if "t" not in frame.arrays else int(frame.times_ns()[0])
+            t = self._unique_one(prefix, t)
+            self.lines += 1
+            return [(f"{prefix} {text} {t}\n".encode(), 1)]
         columns = columns_for(frame_fields(frame), n)
         if not columns or n == 0:
             return []
-        written = _rows_with_fields(columns, n)
-        ts = frame.times_ns()
+        return self._encode_columns(prefix, columns, frame.times_ns(), max_lines)
+
+    def _encode_columns(self, prefix: str, columns: list[_Column], ts: np.ndarray,
+                        max_lines: int | None = None) -> list[tuple[bytes, int]]:
+        written = _rows_with_fields(columns)
         if written is not None:
-            self.empty += int(n - np.count_nonzero(written))
-        columns, ts = _select(columns, ts, written)
-        if ts.shape[0] == 0:
+            self.empty += int(ts.shape[0] - np.count_nonzero(written))
+            rows = np.flatnonzero(written)
+            columns, ts = [c.take(rows) for c in columns], ts[rows]
+        n = ts.shape[0]
+        if n == 0:
             return []
         ts = self._unique(prefix, ts)
-        self.lines += ts.shape[0]
-        step = max_lines or ts.shape[0]
-        if step >= ts.shape[0]:
-            return [(_render(prefix, columns, ts), ts.shape[0])]
+        self.lines += n
+        step = max_lines or n
+        if step >= n:
+            return [(_render(prefix, columns, ts), n)]
         out = []
-        for lo in range(0, ts.shape[0], step):
-            rows = np.arange(lo, min(lo + step, ts.shape[0]))
-            out.append((_render(prefix, _take(columns, rows), ts[rows]), rows.shape[0]))
+        for lo in range(0, n, step):
+            rows = np.arange(lo, min(lo + step, n))
+            out.append((_render(prefix, [c.take(rows) for c in columns], ts[rows]),
+                        rows.shape[0]))
         return out
 
-    def _unique(self, prefix: str, ts: np.ndarray) -> np.ndarray:
-        ts, moved = strictly_increasing(ts)
+    # -- many frames ----------------------------------------------------------------------
+    def encode_many(self, frames: list[Frame]
+                    ) -> tuple[bytes, int, list[tuple[Frame, LineProtocolError]]]:
+        """Encode a batch: (line protocol, line count, frames refused with their error).
+
+        Frames of the same stream, kind, tags and array names share columns: single-sample
+        frames have their values taken out as Python scalars in one pass, blocks are
+        concatenated. Events and alerts (meta fields) and frames that do not fit a group are
+        encoded one by one. Lines come out grouped, each group in arrival order."""
+        scalar_groups: dict[tuple, tuple[list, list, list[Frame]]] = {}
+        block_groups: dict[tuple, list[Frame]] = {}
+        singles: list[Frame] = []
+        for f in frames:
+            if f.kind in _META_FIELD_KINDS:
+                singles.append(f)
+                continue
+            tags = f.meta.get("tags")
+            if type(tags) is dict:  # only gas and peak become tags
+                key = (f.stream, f.kind, tags.get("gas"), tags.get("peak"), *f.arrays)
+            else:
+                key = (f.stream, f.kind, None, None, *f.arrays)
+            try:
+                row = tuple(map(_ITEM, f.arrays.values()))
+            except ValueError:  # an array with more than one value: a block
+                block_groups.setdefault(key, []).append(f)
+                continue
+            group = scalar_groups.get(key)
+            if group is None:
+                scalar_groups[key] = ([row], [f.t0_ns], [f])
+            else:
+                group[0].append(row)
+                group[1].append(f.t0_ns)
+                group[2].append(f)
+        parts: list[bytes] = []
+        n_lines = 0
+        refused: list[tuple[Frame, LineProtocolError]] = []
+        jobs = [(self._encode_scalars, g, g[2]) for g in scalar_groups.values()] + \
+            [(self._encode_block_group, g, g) for g in block_groups.values()]
+        for encode, group, members in jobs:
+            try:
+                chunks = encode(group)
+            except (_MixedGroup, LineProtocolError):
+                singles.extend(members)  # one by one: a bad frame does not spoil the others
+                continue
+            for data, k in chunks:
+                parts.append(data)
+                n_lines += k
+        for f in singles:
+            try:
+                chunks = self.encode(f)
+            except LineProtocolError as exc:
+                refused.append((f, exc))
+                continue
+            for data, k in chunks:
+                parts.append(data)
+                n_lines += k
+        return b"".join(parts), n_lines, refused
+
+    def _encode_scalars(self, group: tuple[list, list, list[Frame]]
+                        ) -> list[tuple[bytes, int]]:
+        """Single-sample frames of one series and array layout: a column per array from the
+        Python scalars taken out in ``encode_many``."""
+        rows, t0, members = group
+        first = members[0]
+        by_name = dict(zip(first.arrays, zip(*rows, strict=True), strict=True))
+        t = by_name.pop("t", None)
+        columns = [c for c in (_scalars_column(name, by_name[name]) for name in sorted(by_name))
+                   if c is not None]
+        if not columns:
+            return []
+        ts = np.array(t0, dtype=np.int64)
+        if t is not None:
+            ts = ts + np.round(np.array(t, dtype=np.float64) * 1e9).astype(np.int64)
+        return self._encode_columns(series_key(first), columns, ts)
+
+    def _encode_block_group(self, group: list[Frame]) -> list[tuple[bytes, int]]:
+        """Frames of one series and array layout with several samples each: concatenated
+        columns."""
+        first = group[0]
+        count = len(group)
+        rows = [tuple(f.arrays.values()) for f in group]
+        by_name = dict(zip(first.arrays, zip(*rows, strict=True), strict=True))
+        t_arrays = by_name.pop("t", None)
+        if t_arrays is None:
+            raise _MixedGroup("t")  # several values but no sample times: not per-sample
+        try:
+            lengths = np.fromiter(map(len, t_arrays), np.int64, count)
+        except TypeError:  # a 0-d array
+            raise _MixedGroup("t") from None
+        total = int(lengths.sum())
+        fields: dict[str, np.ndarray] = {}
+        for name, arrays in by_name.items():
+            dtype = arrays[0].dtype
+            if not all(a.dtype is dtype for a in arrays) and \
+                    not all(a.dtype == dtype for a in arrays):
+                raise _MixedGroup(name)
+            try:
+                sizes = np.fromiter(map(len, arrays), np.int64, count)
+                column = np.concatenate(arrays)
+            except (TypeError, ValueError):  # 0-d arrays, or arrays of different ndim
+                raise _MixedGroup(name) from None
+            per_sample = sizes == lengths
+            if per_sample.all() and column.ndim == 1:
+                fields[name] = column
+            elif per_sample.any() and column.ndim == 1:
+                raise _MixedGroup(name)  # one value per sample in some frames only
+        columns = columns_for(fields, total)
+        if not columns:
+            return []
+        t0 = np.fromiter(map(_T0, group), np.int64, count)
+        t = np.concatenate(t_arrays).astype(np.float64)
+        ts = np.repeat(t0, lengths) + np.round(t * 1e9).astype(np.int64)
+        return self._encode_columns(series_key(first), columns, ts)
+
+    # -- unique timestamps ----------------------------------------------------------------
+    def _recent_of(self, prefix: str) -> _Recent:
         recent = self._recent.get(prefix)
         if recent is None:
             if len(self._recent) >= self.max_series:
                 self._recent.clear()
-            recent = self._recent[prefix] = _Recent(np.empty(self.window, dtype=np.int64))
-        elif int(ts.min()) <= recent.last:  # may land on a point already written
-            ts, more = _avoid(ts, recent.taken())
-            moved += more
-        recent.add(ts)
+            recent = self._recent[prefix] = _Recent(self.window)
+        return recent
+
+    def _unique_one(self, prefix: str, t: int) -> int:
+        recent = self._recent_of(prefix)
+        if t <= recent.last and t in recent.seen:
+            while t in recent.seen:
+                t += 1
+            self.nudged += 1
+        recent.add([t])
+        return t
+
+    def _unique(self, prefix: str, ts: np.ndarray) -> np.ndarray:
+        ts, moved = strictly_increasing(ts)
+        recent = self._recent_of(prefix)
+        if int(ts.min()) <= recent.last:  # may land on a point already written
+            used = set(ts.tolist())
+            out = ts.copy()
+            for i in np.flatnonzero(ts <= recent.last).tolist():
+                t = int(ts[i])
+                if t in recent.seen:
+                    t += 1
+                    while t in recent.seen or t in used:
+                        t += 1
+                    used.add(t)
+                    out[i] = t
+                    moved += 1
+            ts = out
+        recent.add(ts[-self.window:].tolist())
         self.nudged += moved
         return ts
 
 
-def _avoid(ts: np.ndarray, taken: np.ndarray) -> tuple[np.ndarray, int]:
-    """Move each timestamp that is in ``taken`` (or equal to one moved before it) 1 ns later
-    until it is free."""
-    clash = np.isin(ts, taken)
-    if not clash.any():
-        return ts, 0
-    used = set(taken.tolist()) | set(ts.tolist())
-    out = ts.copy()
-    for i in np.flatnonzero(clash).tolist():
-        t = int(ts[i]) + 1
-        while t in used:
-            t += 1
-        used.add(t)
-        out[i] = t
-    return out, int(np.count_nonzero(clash))
-
-
 def encode_frame(frame: Frame) -> str:
-    """Line-protocol text for one frame ("" if it has no storable field); samples sharing a
+    """Line protocol for one frame ("" if it has no storable field); samples sharing a
     nanosecond within the frame are moved apart, nothing is remembered across frames."""
-    columns = columns_for(frame_fields(frame), frame.n_samples)
-    if not columns or frame.n_samples == 0:
-        return ""
-    columns, ts = _select(columns, frame.times_ns(), _rows_with_fields(columns, frame.n_samples))
-    if ts.shape[0] == 0:
-        return ""
-    return _render(series_key(frame), columns, strictly_increasing(ts)[0])
+    return "".join(data.decode() for data, _ in LineEncoder().encode(frame))
 
 
 def split_lines(body: bytes) -> list[bytes]:

@@ -1,11 +1,6 @@
-"""Writing line protocol to InfluxDB without losing it: batches, retries with backoff, a disk
-spool while the database is down, and a dead-letter file for what the database refuses."""
-
-from .client import PostResult, V1Client, V2Client, open_client
-from .config import InfluxSinkConfig
-from .deadletter import DeadLetter
-from .spool import Spool, SpoolFullError
-from .writer import Batch, BatchWriter, WriterStats
-
-__all__ = ["Batch", "BatchWriter", "DeadLetter", "InfluxSinkConfig", "PostResult", "Spool",
-           "SpoolFullError", "V1Client", "V2Client", "WriterStats", "open_client"]
+"""Writing line protocol to InfluxDB without losing it: ``config`` (the sink's schema),
+``client`` (the v1 and v2 write paths), ``writer`` (batches, retries with backoff, the disk spool
+while the database is down, bisecting refused batches), ``spool``, ``deadletter`` and ``numfmt``
+(numba float/int formatting and line rendering for ``stream.lineprotocol``). Import the modules
+themselves: this package imports nothing, so ``stream.lineprotocol`` can use ``numfmt`` without
+pulling in the sink."""

@@ -2,9 +2,9 @@
 2.x/3.x ``/api/v2/write`` through influxdb-client, in gzip'd batches of ``batch_size`` lines or
 ``flush_interval_s``, with nothing lost (see ``stream.influx.writer``).
 
-Frames are encoded on the event loop by a ``LineEncoder`` (points unique per series and
-nanosecond); a frame whose names InfluxDB cannot store goes to the dead-letter file with the
-reason. ``counters()`` gives the sink's own health: points written, spooled, dead-lettered and
+Frames are collected and encoded a batch at a time on the event loop by a ``LineEncoder``
+(points unique per series and nanosecond); a frame whose names InfluxDB cannot store goes to the
+dead-letter file with the reason. ``counters()`` gives the sink's own health: points written, spooled, dead-lettered and
 dropped, spool depth, retries, backpressure and batch latency.
 """
 
@@ -16,8 +16,11 @@ import time
 from pathlib import Path
 
 from ..frame import Frame
-from ..influx import Batch, BatchWriter, DeadLetter, InfluxSinkConfig, Spool, WriterStats
 from ..influx.client import open_client
+from ..influx.config import InfluxSinkConfig
+from ..influx.deadletter import DeadLetter
+from ..influx.spool import Spool
+from ..influx.writer import Batch, BatchWriter, WriterStats
 from ..lineprotocol import LineEncoder, LineProtocolError
 from .base import Sink
 
@@ -34,8 +37,8 @@ class InfluxDBSink(Sink):
         self.dead_letter: DeadLetter | None = None
         self.writer: BatchWriter | None = None
         self.frames_refused = 0
-        self._parts: list[str] = []
-        self._n_lines = 0
+        self._frames: list[Frame] = []
+        self._n_samples = 0
         self._batch_started = 0.0
         self._submit_lock = asyncio.Lock()
         self._timer: asyncio.Task | None = None
@@ -52,29 +55,48 @@ class InfluxDBSink(Sink):
         self._timer = asyncio.create_task(self._flush_timer())
 
     async def write(self, frame: Frame) -> None:
+        """Collect the frame; a batch is encoded (``LineEncoder.encode_many``) and handed to the
+        writer once it holds ``batch_size`` samples. A frame of ``batch_size`` samples or more
+        is encoded alone, in batches of that size."""
+        n = frame.n_samples
+        if n < self.config.batch_size:
+            if not self._frames:
+                self._batch_started = time.monotonic()
+            self._frames.append(frame)
+            self._n_samples += n
+            if self._n_samples >= self.config.batch_size:
+                await self._flush()
+            return
+        await self._flush()
         try:
             chunks = self.encoder.encode(frame, self.config.batch_size)
         except LineProtocolError as exc:
-            self.frames_refused += 1
-            self.dead_letter.add([{"status": None, "reason": str(exc), "stream": frame.stream,
-                                   "kind": frame.kind, "seq": frame.seq, "t0_ns": frame.t0_ns}])
+            self._refuse([(frame, exc)])
             return
-        for text, n_lines in chunks:
-            if not self._n_lines:
-                self._batch_started = time.monotonic()
-            self._parts.append(text)
-            self._n_lines += n_lines
-            if self._n_lines >= self.config.batch_size:
-                await self._flush()
+        for data, n_lines in chunks:
+            await self._submit(Batch(n_lines, raw=data))
+
+    def _refuse(self, refused: list[tuple[Frame, LineProtocolError]]) -> None:
+        """Frames InfluxDB could not store as named go to the dead-letter file."""
+        self.frames_refused += len(refused)
+        self.dead_letter.add([{"status": None, "reason": str(exc), "stream": f.stream,
+                               "kind": f.kind, "seq": f.seq, "t0_ns": f.t0_ns}
+                              for f, exc in refused])
 
     async def _flush(self, force: bool = False) -> None:
-        """Hand the batch being filled to the writer (waiting for room: backpressure)."""
+        """Encode the frames collected so far and hand them to the writer."""
+        if not self._frames:
+            return
+        frames, self._frames, self._n_samples = self._frames, [], 0
+        data, n_lines, refused = self.encoder.encode_many(frames)
+        if refused:
+            self._refuse(refused)
+        if n_lines:
+            await self._submit(Batch(n_lines, raw=data, created=self._batch_started), force)
+
+    async def _submit(self, batch: Batch, force: bool = False) -> None:
+        """Hand a batch to the writer, waiting for room (backpressure), in order."""
         async with self._submit_lock:
-            if not self._n_lines:
-                return
-            batch = Batch(self._n_lines, raw="".join(self._parts).encode(),
-                          created=self._batch_started)
-            self._parts, self._n_lines = [], 0
             if not self.writer.try_submit(batch):
                 await asyncio.to_thread(self.writer.submit, batch, force)
 
@@ -82,7 +104,7 @@ class InfluxDBSink(Sink):
         interval = self.config.flush_interval_s
         while True:
             await asyncio.sleep(interval / 4)
-            if self._n_lines and time.monotonic() - self._batch_started >= interval:
+            if self._frames and time.monotonic() - self._batch_started >= interval:
                 await self._flush()
 
     def counters(self) -> dict[str, float]:
@@ -92,7 +114,7 @@ class InfluxDBSink(Sink):
         out.update({"spool_batches": len(spool) if spool else 0,
                     "spool_bytes": spool.bytes if spool else 0,
                     "spool_points": spool.lines if spool else 0,
-                    "points_pending": self._n_lines,
+                    "samples_pending": self._n_samples,
                     "points_nudged": self.encoder.nudged, "points_empty": self.encoder.empty,
                     "frames_refused": self.frames_refused})
         return out

@@ -33,15 +33,15 @@ class LineProtocolFileSink(Sink):
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a", encoding="utf-8", buffering=1 << 20)
+        self._file = self.path.open("ab", buffering=1 << 20)
 
     async def write(self, frame: Frame) -> None:
         try:
             chunks = self.encoder.encode(frame)
         except LineProtocolError as exc:
             raise FrameError(frame.stream, exc.what, str(exc)) from None
-        for text, _ in chunks:
-            self._file.write(text)
+        for data, _ in chunks:
+            self._file.write(data)
 
     async def close(self) -> None:
         if self._file:
