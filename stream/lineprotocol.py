@@ -30,6 +30,7 @@ move is counted in ``LineEncoder.nudged``.
 from __future__ import annotations
 
 import collections
+import gc
 import operator
 import re
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ from .influx import numfmt
 
 ALLOWED_EXTRA_TAGS = ("gas", "peak")
 ALLOWED_TAGS = ("experiment", "cell", "instrument", *ALLOWED_EXTRA_TAGS)
-_META_FIELD_KINDS = ("event", "alert")  # kinds whose scalar meta entries are fields too
+_META_FIELD_KINDS = frozenset(("event", "alert"))  # their scalar meta are fields too
 
 _TAG_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
 _MEAS_ESCAPES = str.maketrans({",": r"\,", " ": r"\ "})
@@ -244,7 +245,7 @@ def _scalar_column(name: str, value: Any) -> _Column | None:
     return None if text is None else _Column(_field_key(name), numfmt.TEXT, const=text)
 
 
-def _scalars_column(name: str, values: tuple) -> _Column | None:
+def _scalars_column(name: str, values: list) -> _Column | None:
     """A column from Python scalars (one per single-sample frame), all of one type."""
     types = set(map(type, values))
     if len(types) != 1:
@@ -482,36 +483,55 @@ class LineEncoder:
         Frames of the same stream, kind, tags and array names share columns: single-sample
         frames have their values taken out as Python scalars in one pass, blocks are
         concatenated. Events and alerts (meta fields) and frames that do not fit a group are
-        encoded one by one. Lines come out grouped, each group in arrival order."""
-        scalar_groups: dict[tuple, tuple[list, list, list[Frame]]] = {}
-        block_groups: dict[tuple, list[Frame]] = {}
+        encoded one by one. Lines come out grouped, each group in arrival order.
+
+        The cyclic garbage collector is paused meanwhile: encoding makes only acyclic
+        temporaries (freed by reference counting), and full collections triggered by them
+        would scan every live frame of the process, doubling the time."""
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            return self._encode_many(frames)
+        finally:
+            if paused:
+                gc.enable()
+
+    def _encode_many(self, frames: list[Frame]
+                     ) -> tuple[bytes, int, list[tuple[Frame, LineProtocolError]]]:
+        # one pass, no numpy: single-sample frames put their values, as Python scalars, in
+        # their group's flat list; frames with several samples go to the blocks
+        groups: dict[tuple, tuple[list, list[int], list[Frame]]] = {}
+        blocks: dict[tuple, list[Frame]] = {}
         singles: list[Frame] = []
+        find, item, meta_kinds = groups.get, _ITEM, _META_FIELD_KINDS
         for f in frames:
-            if f.kind in _META_FIELD_KINDS:
+            kind, arrays = f.kind, f.arrays
+            if kind in meta_kinds:
                 singles.append(f)
                 continue
             tags = f.meta.get("tags")
             if type(tags) is dict:  # only gas and peak become tags
-                key = (f.stream, f.kind, tags.get("gas"), tags.get("peak"), *f.arrays)
+                key = (f.stream, kind, tags.get("gas"), tags.get("peak"), *arrays)
             else:
-                key = (f.stream, f.kind, None, None, *f.arrays)
-            try:
-                row = tuple(map(_ITEM, f.arrays.values()))
-            except ValueError:  # an array with more than one value: a block
-                block_groups.setdefault(key, []).append(f)
-                continue
-            group = scalar_groups.get(key)
+                key = (f.stream, kind, None, None, *arrays)
+            group = find(key)
             if group is None:
-                scalar_groups[key] = ([row], [f.t0_ns], [f])
-            else:
-                group[0].append(row)
-                group[1].append(f.t0_ns)
-                group[2].append(f)
+                group = groups[key] = ([], [], [])
+            values = group[0]
+            start = len(values)
+            try:
+                values.extend(map(item, arrays.values()))
+            except ValueError:  # an array with several values
+                del values[start:]
+                blocks.setdefault(key, []).append(f)
+                continue
+            group[1].append(f.t0_ns)
+            group[2].append(f)
         parts: list[bytes] = []
         n_lines = 0
         refused: list[tuple[Frame, LineProtocolError]] = []
-        jobs = [(self._encode_scalars, g, g[2]) for g in scalar_groups.values()] + \
-            [(self._encode_block_group, g, g) for g in block_groups.values()]
+        jobs = [(self._encode_scalars, g, g[2]) for g in groups.values() if g[2]] + \
+            [(self._encode_block_group, g, g) for g in blocks.values()]
         for encode, group, members in jobs:
             try:
                 chunks = encode(group)
@@ -532,13 +552,14 @@ class LineEncoder:
                 n_lines += k
         return b"".join(parts), n_lines, refused
 
-    def _encode_scalars(self, group: tuple[list, list, list[Frame]]
+    def _encode_scalars(self, group: tuple[list, list[int], list[Frame]]
                         ) -> list[tuple[bytes, int]]:
-        """Single-sample frames of one series and array layout: a column per array from the
-        Python scalars taken out in ``encode_many``."""
-        rows, t0, members = group
-        first = members[0]
-        by_name = dict(zip(first.arrays, zip(*rows, strict=True), strict=True))
+        """Single-sample frames of one series and array layout: ``values`` holds their
+        arrays' values frame after frame; a column is every k-th of them."""
+        values, t0, members = group
+        names = list(members[0].arrays)
+        k = len(names)
+        by_name = {name: values[j::k] for j, name in enumerate(names)}
         t = by_name.pop("t", None)
         columns = [c for c in (_scalars_column(name, by_name[name]) for name in sorted(by_name))
                    if c is not None]
@@ -547,7 +568,7 @@ class LineEncoder:
         ts = np.array(t0, dtype=np.int64)
         if t is not None:
             ts = ts + np.round(np.array(t, dtype=np.float64) * 1e9).astype(np.int64)
-        return self._encode_columns(series_key(first), columns, ts)
+        return self._encode_columns(series_key(members[0]), columns, ts)
 
     def _encode_block_group(self, group: list[Frame]) -> list[tuple[bytes, int]]:
         """Frames of one series and array layout with several samples each: concatenated

@@ -91,6 +91,12 @@ def _pow5_factor(v: np.uint64) -> int:
     return count
 
 
+@nb.njit(inline="always", cache=True)
+def _drop_digit(vr: np.uint64, vp: np.uint64, vm: np.uint64
+                ) -> tuple[np.uint64, np.uint64, np.uint64, int]:
+    return vr // _TEN, vp // _TEN, vm // _TEN, int(vr % _TEN)
+
+
 @nb.njit(cache=True)
 def shortest(bits: np.uint64) -> tuple[np.uint64, int]:
     """Ryu's d2d: the shortest decimal ``mantissa * 10**exponent`` that reads back as the
@@ -148,18 +154,12 @@ def shortest(bits: np.uint64) -> tuple[np.uint64, int]:
         while vp // _TEN > vm // _TEN:
             vm_trailing_zeros &= vm % _TEN == _ZERO
             vr_trailing_zeros &= last_removed == 0
-            last_removed = int(vr % _TEN)
-            vr //= _TEN
-            vp //= _TEN
-            vm //= _TEN
+            vr, vp, vm, last_removed = _drop_digit(vr, vp, vm)
             removed += 1
         if vm_trailing_zeros:
             while vm % _TEN == _ZERO:
                 vr_trailing_zeros &= last_removed == 0
-                last_removed = int(vr % _TEN)
-                vr //= _TEN
-                vp //= _TEN
-                vm //= _TEN
+                vr, vp, vm, last_removed = _drop_digit(vr, vp, vm)
                 removed += 1
         if vr_trailing_zeros and last_removed == 5 and vr % _TWO == _ZERO:
             last_removed = 4  # round half to even
