@@ -87,17 +87,25 @@ class _CellState:
     soc: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
+_F8 = np.dtype(np.float64)
+
+
 def require_arrays(frame: Frame, names: tuple[str, ...]) -> list[np.ndarray]:
     """The named 1-D float arrays, all as long as ``t``; FrameError names what is wrong."""
     out = []
-    n = frame.n_samples
+    arrays = frame.arrays
+    t = arrays.get("t")
+    n = t.shape[0] if t is not None and t.ndim else 1  # Frame.n_samples
     for name in names:
-        arr = frame.arrays.get(name)
+        arr = arrays.get(name)
         if arr is None:
             raise FrameError(frame.stream, f"arrays.{name}", "missing")
         if arr.ndim != 1 or arr.shape[0] != n:
             raise FrameError(frame.stream, f"arrays.{name}",
                              f"shape {list(arr.shape)} does not match t ({n} samples)")
+        if arr.dtype == _F8 and arr.flags.c_contiguous:  # the usual case: as it is
+            out.append(arr)
+            continue
         if arr.dtype.kind not in "fiu":
             raise FrameError(frame.stream, f"arrays.{name}", f"dtype {arr.dtype.str} not numeric")
         out.append(np.ascontiguousarray(arr, dtype=np.float64))
@@ -127,6 +135,7 @@ class ElectrochemProcessor(Processor):
         self._soc_on = (c.soc_v_full is not None or c.soc_v_empty is not None
                         or len(c.ocv_table) > 0)
         self._no_soc = np.full(1, np.nan)
+        self._v_full, self._v_empty = _or_nan(c.soc_v_full), _or_nan(c.soc_v_empty)
 
     def _new_cell(self) -> _CellState:
         st = _CellState()
@@ -172,9 +181,9 @@ class ElectrochemProcessor(Processor):
         soc_now = self._no_soc
         if self._soc_on:
             soc_now = soc.track_soc(t_abs, voltage, current, q_total, st.soc,
-                                    c.current_threshold_A, _or_nan(c.soc_v_full),
-                                    _or_nan(c.soc_v_empty), c.soc_v_tol, c.soc_taper_C,
-                                    self._ocv_v, self._ocv_soc, c.ocv_rest_s)[last:]
+                                    c.current_threshold_A, self._v_full, self._v_empty,
+                                    c.soc_v_tol, c.soc_taper_C, self._ocv_v, self._ocv_soc,
+                                    c.ocv_rest_s)[last:]
         out.append(self.emit(frame, "result.echem", frame.t0_ns + round(float(t[last]) * 1e9), {
             "t": np.zeros(1),
             "voltage": voltage[last:],

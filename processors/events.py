@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from stream.frame import Frame
+from stream.frame import Frame, FrameError
 
 from .base import Processor, ProcessorConfig
 from .electrochem import require_arrays
@@ -126,12 +126,16 @@ class EventProcessor(Processor):
         t, voltage, current = require_arrays(frame, ("t", "voltage", "current"))
         n = t.size
         temp = frame.arrays.get("temperature")
-        temp = np.full(n, np.nan) if temp is None else np.ravel(temp).astype(np.float64)
+        temp = np.full(n, np.nan) if temp is None else \
+            np.ascontiguousarray(np.ravel(temp), dtype=np.float64)
         step = frame.arrays.get("step")
-        step = np.full(n, np.nan) if step is None else np.ravel(step).astype(np.float64)
+        step = np.full(n, np.nan) if step is None else \
+            np.ascontiguousarray(np.ravel(step), dtype=np.float64)
+        for name, arr in (("temperature", temp), ("step", step)):
+            if arr.size != n:
+                raise FrameError(frame.stream, f"arrays.{name}", f"{arr.size} samples, t has {n}")
         t_abs = self.stream_seconds(frame, t)
-        rows = K.detect_block(t_abs, np.ravel(voltage).astype(np.float64),
-                              np.ravel(current).astype(np.float64), temp, step, self._params,
+        rows = K.detect_block(t_abs, voltage, current, temp, step, self._params,
                               self._cell(frame.stream).state)
         out = []
         for code, _, onset, *values in rows:

@@ -69,9 +69,12 @@ class SlidingSlope:
         """Make room in the window's ring buffer for ``room`` more samples."""
         self.buf_t, self.buf_x = R.grow_ring(self.state, self.buf_t, self.buf_x, room)
 
-    def update(self, t: float, x: np.ndarray) -> np.ndarray:
-        self.reserve(1)
-        out = np.empty(self.sums.shape[1])
+    def update(self, t: float, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Add sample (t, x); the slopes (into ``out`` when given)."""
+        if self.state[R.COUNT] >= self.buf_t.shape[0]:
+            self.reserve(1)
+        if out is None:
+            out = np.empty(self.sums.shape[1])
         R.slope_update(self.state, self.sums, self.buf_t, self.buf_x, float(t),
                        np.ascontiguousarray(x, dtype=np.float64), self.window_s, out)
         return out

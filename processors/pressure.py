@@ -78,6 +78,10 @@ from .kernels.coulomb import coulomb_count, new_state
 FARADAY = 96485.33212  # C/mol
 PRESSURE_UNITS = {"Pa": 1.0, "hPa": 100.0, "mbar": 100.0, "kPa": 1e3, "bar": 1e5}
 TEMPERATURE_OFFSETS = {"degC": 0.0, "°C": 0.0, "C": 0.0, "K": -273.15}
+RESULT_UNITS = {"t": "s", "moles": "mol", "delta_moles": "mol", "rate_mol_s": "mol/s",
+                "rate_umol_min": "umol/min", "z_electrons_per_molecule": "1",
+                "z_half_cycle": "1", "n_reversible": "mol", "n_irreversible": "mol",
+                "charge_Ah": "Ah"}
 
 
 class PressureConfig(ProcessorConfig):
@@ -166,6 +170,8 @@ class _Cell:
     origin_ns: int
     rate: SlidingSlope
     split: DischargeSlope
+    rate_in: np.ndarray = field(default_factory=lambda: np.zeros(2))   # (y, Q_state)
+    rate_out: np.ndarray = field(default_factory=lambda: np.zeros(2))  # their slopes
     coulomb: np.ndarray = field(default_factory=new_state)
     half_cycle: int = 0
     # echem buffer for the join: time (cell seconds), cumulative charge (Ah), half-cycle index
@@ -373,8 +379,9 @@ class PressureProcessor(Processor):
         else:
             z_roll = self._z(q_state - win[0][1], y - win[0][2], beta)
             z_hc = self._z(q_state - st.hc_anchor[0], y - st.hc_anchor[1], beta)
-        slope = st.rate.update(t, np.array([y, q_state]))
-        rate = float(slope[0] - beta * slope[1])
+        st.rate_in[0], st.rate_in[1] = y, q_state
+        dy_dt, dq_dt = st.rate.update(t, st.rate_in, st.rate_out).tolist()
+        rate = dy_dt - beta * dq_dt
         st.prev = (t, q_state, y, n)
         n_rev = beta * q_state
         return (n, n - n0, rate, z_roll, z_hc, n_rev, n - n0 - n_rev, beta)
@@ -395,10 +402,7 @@ class PressureProcessor(Processor):
                   "z_electrons_per_molecule": rows[:, 3], "z_half_cycle": rows[:, 4],
                   "n_reversible": rows[:, 5], "n_irreversible": rows[:, 6],
                   "charge_Ah": np.array(charge)}
-        units = {"t": "s", "moles": "mol", "delta_moles": "mol", "rate_mol_s": "mol/s",
-                 "rate_umol_min": "umol/min", "z_electrons_per_molecule": "1",
-                 "z_half_cycle": "1", "n_reversible": "mol", "n_irreversible": "mol",
-                 "charge_Ah": "Ah"}
+        units = dict(RESULT_UNITS)
         meta = {"beta_mol_per_Ah": float(rows[-1, 7]), "skipped_samples": st.skipped,
                 "late_samples": st.late, "stale_joins": st.stale,
                 "beta_source": "configured" if self._expansion is not None else "estimated"}

@@ -149,7 +149,7 @@ class SensorFaultProcessor(Processor):
                 n for n in names if n != "t" and not any(
                     fnmatch.fnmatchcase(n, pattern) for pattern in self.config.exclude))
         t, *values = require_arrays(frame, ("t", *channels))
-        if t.size > 1 and (t[1:] < t[:-1]).any():
+        if K.decreases(t):
             raise FrameError(frame.stream, "arrays.t", "sample times decrease")
         st = self._streams.get(frame.stream)
         if st is None:
@@ -157,9 +157,8 @@ class SensorFaultProcessor(Processor):
         rows = st.rows.get(channels)
         if rows is None:
             rows = st.rows[channels] = self._rows(frame, st, channels)
-        x = np.empty((len(values), t.size))
-        for i, v in enumerate(values):
-            x[i] = v
+        x = np.concatenate(values).reshape(len(values), t.size) if values else \
+            np.empty((0, t.size))
         found = K.monitor(self.stream_seconds(frame, t), x, rows, st.state, st.chan,
                           self._params, self._enabled)
         if not found.shape[0]:

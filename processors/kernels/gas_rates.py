@@ -161,7 +161,10 @@ def nnls_cached(a: np.ndarray, scale_a: float, b: np.ndarray, pinv: np.ndarray,
                 if not have[mask]:
                     pinv[mask, :idx.size, :] = np.linalg.pinv(np.ascontiguousarray(a[:, idx]))
                     have[mask] = True
-                z_sub = pinv[mask, :idx.size, :] @ b
+                z_sub = np.zeros(idx.size)
+                for q in range(idx.size):
+                    for i in range(m):
+                        z_sub[q] += pinv[mask, q, i] * b[i]
             else:
                 z_sub = np.linalg.lstsq(np.ascontiguousarray(a[:, idx]), b)[0]
             if np.all(z_sub > NNLS_TOL):

@@ -292,6 +292,15 @@ def spike_step(s: np.ndarray, t: float, x: float, p: np.ndarray, ev: np.ndarray)
 
 
 @nb.njit(cache=True)
+def decreases(t: np.ndarray) -> bool:
+    """True if some sample time is below the one before it."""
+    for k in range(1, t.shape[0]):  # noqa: SIM110 - numba compiles this loop, not any()
+        if t[k] < t[k - 1]:
+            return True
+    return False
+
+
+@nb.njit(cache=True)
 def _push(events: np.ndarray, m: int, row: int, kind: int, t: float,
           ev: np.ndarray) -> np.ndarray:
     if m == events.shape[0]:
