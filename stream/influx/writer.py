@@ -109,6 +109,7 @@ class BatchWriter:
         self._cv = threading.Condition()
         self._spooling = len(spool) > 0   # a spool left by the last run is replayed first
         self._failures = 0
+        self._answered = True             # the last attempt got an HTTP answer
         self._stop = False
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="opmon-influx-writer", daemon=True)
@@ -180,6 +181,7 @@ class BatchWriter:
                     batch = self._memory[0]
             done, result = self._deliver(batch)
             with self._cv:
+                self._answered = result.status is not None
                 if done:
                     if batch.spool_path is not None:
                         self.spool.remove(batch.spool_path)
@@ -269,11 +271,11 @@ class BatchWriter:
 
     def close(self, timeout_s: float) -> None:
         """Deliver what can be delivered within ``timeout_s`` (not waiting for a database that
-        is down), then stop the thread and spool whatever is left in memory."""
+        does not answer at all), then stop the thread and spool whatever is left in memory."""
         deadline = time.monotonic() + timeout_s
         with self._cv:
-            while (self._memory or (len(self.spool) and not self._failures)) \
-                    and time.monotonic() < deadline:
+            while (self._memory or len(self.spool)) and time.monotonic() < deadline \
+                    and (self._answered or not self._failures):
                 self._cv.wait(min(0.05, max(0.0, deadline - time.monotonic())))
             self._stop = True
             self._cv.notify_all()
