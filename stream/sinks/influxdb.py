@@ -58,7 +58,8 @@ class InfluxDBSink(Sink):
         """Collect the frame; a batch is encoded (``LineEncoder.encode_many``) and handed to the
         writer once it holds ``batch_size`` samples. A frame of ``batch_size`` samples or more
         is encoded alone, in batches of that size."""
-        n = frame.n_samples
+        t = frame.arrays.get("t")
+        n = t.shape[0] if t is not None and t.ndim else 1  # frame.n_samples, inlined
         if n < self.config.batch_size:
             if not self._frames:
                 self._batch_started = time.monotonic()
@@ -95,8 +96,11 @@ class InfluxDBSink(Sink):
             await self._submit(Batch(n_lines, raw=data, created=self._batch_started), force)
 
     async def _submit(self, batch: Batch, force: bool = False) -> None:
-        """Hand a batch to the writer, waiting for room (backpressure), in order."""
+        """Hand a batch to the writer, waiting for room (backpressure), in order. The gzip is
+        made here, in a worker thread, so the writer thread only posts."""
         async with self._submit_lock:
+            if self.writer.client.gzip_body:
+                await asyncio.to_thread(batch.gz_bytes, self.config.gzip_level)
             if not self.writer.try_submit(batch):
                 await asyncio.to_thread(self.writer.submit, batch, force)
 
