@@ -389,26 +389,17 @@ def _scalar_fields(fields: dict[str, Any]) -> str | None:
 
 
 class _Recent:
-    """The last ``window`` timestamps written to one series and the largest ever written."""
-    __slots__ = ("last", "order", "seen", "window")
+    """The last ``window`` timestamps written to one series and the largest ever written
+    (a small deque: searched only when a timestamp is not past the largest)."""
+    __slots__ = ("last", "order")
 
     def __init__(self, window: int):
-        self.window = window
-        self.order: collections.deque[int] = collections.deque()
-        self.seen: set[int] = set()
+        self.order: collections.deque[int] = collections.deque(maxlen=window)
         self.last = -(2**63)
 
-    def add(self, ts: list[int]) -> None:
-        if len(ts) >= self.window:
-            self.order = collections.deque(ts[-self.window:])
-            self.seen = set(self.order)
-        else:
-            for t in ts:
-                self.order.append(t)
-                self.seen.add(t)
-            while len(self.order) > self.window:
-                self.seen.discard(self.order.popleft())
-        self.last = max(self.last, max(ts))
+    def add(self, ts: list[int], largest: int) -> None:
+        self.order.extend(ts)
+        self.last = max(self.last, largest)
 
 
 _T0 = operator.attrgetter("t0_ns")
@@ -423,7 +414,7 @@ class LineEncoder:
     results). Counters: ``lines`` written, ``empty`` samples without any storable field,
     ``nudged`` samples moved by a nanosecond or more."""
 
-    def __init__(self, window: int = 64, max_series: int = 200_000):
+    def __init__(self, window: int = 16, max_series: int = 200_000):
         self.window = max(1, int(window))
         self.max_series = max_series
         self._recent: dict[str, _Recent] = {}
@@ -620,11 +611,11 @@ class LineEncoder:
 
     def _unique_one(self, prefix: str, t: int) -> int:
         recent = self._recent_of(prefix)
-        if t <= recent.last and t in recent.seen:
-            while t in recent.seen:
+        if t <= recent.last and t in recent.order:
+            while t in recent.order:
                 t += 1
             self.nudged += 1
-        recent.add([t])
+        recent.add([t], t)
         return t
 
     def _unique(self, prefix: str, ts: np.ndarray) -> np.ndarray:
@@ -635,15 +626,15 @@ class LineEncoder:
             out = ts.copy()
             for i in np.flatnonzero(ts <= recent.last).tolist():
                 t = int(ts[i])
-                if t in recent.seen:
+                if t in recent.order:
                     t += 1
-                    while t in recent.seen or t in used:
+                    while t in recent.order or t in used:
                         t += 1
                     used.add(t)
                     out[i] = t
                     moved += 1
             ts = out
-        recent.add(ts[-self.window:].tolist())
+        recent.add(ts[-self.window:].tolist(), int(ts.max()))
         self.nudged += moved
         return ts
 

@@ -42,7 +42,7 @@ class InfluxSinkConfig(SinkConfig):
     spool_max_bytes: int = Field(1 << 30, ge=1)    # on disk (gzip); full = backpressure
     dead_letter_path: str | None = None            # default: <spool_dir>/dead-letter.jsonl
     close_timeout_s: float = Field(10.0, ge=0)     # close(): time to drain before spooling
-    unique_window: int = Field(64, ge=1)           # timestamps remembered per series
+    unique_window: int = Field(16, ge=1)           # timestamps remembered per series
 
     @field_validator("url")
     @classmethod

@@ -14,7 +14,7 @@ from .base import Sink, SinkConfig
 class LineProtocolFileConfig(SinkConfig):
     path: str
     kinds: list[str] = ["result.*", "event", "alert"]
-    unique_window: int = 64  # timestamps remembered per series to keep points unique
+    unique_window: int = 16  # timestamps remembered per series to keep points unique
 
 
 class LineProtocolFileSink(Sink):
