@@ -30,6 +30,7 @@ from stream.recording import RecordingReader
 from stream.sinks.influxdb import InfluxDBSink
 
 from .servers import INFLUXD, VICTORIA_METRICS, InfluxDBServer, VictoriaMetricsServer
+from .test_node import CONFIG
 
 needs_influxd = pytest.mark.skipif(INFLUXD is None, reason="influxd (InfluxDB 1.x) not installed")
 T0 = 1_767_225_600_000_000_000
@@ -399,21 +400,9 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     assert cfg.sinks[0].type == "influxdb"
 
 
-NODE_CONFIG = """
-[experiment]
-id = "exp9"
-[[cells]]
-id = "cell01"
-[[cells.instruments]]
-id = "potentiostat"
-adapter = "sim.potentiostat"
-params = {{ duration_s = 100000.0 }}
-[[processors]]
-type = "electrochem"
-[[sinks]]
-type = "record"
-path = "{out}/rec.mcap"
-[[sinks]]
+# test_node's config (simulated potentiostat at 20x, electrochem, record and line-protocol
+# file sinks) plus the InfluxDB sink
+NODE_CONFIG = CONFIG + """[[sinks]]
 type = "influxdb"
 url = "{url}"
 database = "{db}"
