@@ -109,17 +109,19 @@ def run_processors(procs: list[Processor], frame: Frame, tally: Tally, depth: in
 
 
 def process_seconds(procs: list[Processor], seconds: list[list[Frame]], tally: Tally,
-                    latency: dict[str, list[float]], cpu_latency: list[float]) -> None:
-    """Every frame through the processors; its wall-clock latency per input kind and the
-    thread's CPU time for it (which leaves out time the thread was not running)."""
+                    latency: dict[str, list[float]], cpu_latency: list[float] | None) -> None:
+    """Every frame through the processors; its wall-clock latency per input kind and (unless
+    ``cpu_latency`` is None) the thread's CPU time for it, which leaves out time the thread
+    was not running."""
     clock, cpu_clock = time.perf_counter, time.thread_time
     for frames in seconds:
         for frame in frames:
-            c0 = cpu_clock()
+            c0 = cpu_clock() if cpu_latency is not None else 0.0
             t0 = clock()
             run_processors(procs, frame, tally)
             t1 = clock()
-            cpu_latency.append(cpu_clock() - c0)
+            if cpu_latency is not None:
+                cpu_latency.append(cpu_clock() - c0)
             latency.setdefault(frame.kind, []).append(t1 - t0)
 
 
@@ -192,8 +194,8 @@ def main() -> None:
     if args.profile:
         prof = cProfile.Profile()
         procs = make_processors()
-        process_seconds(procs, frames[:args.warmup], Tally(), {}, [])
-        prof.runcall(process_seconds, procs, frames[args.warmup:], Tally(), {}, [])
+        process_seconds(procs, frames[:args.warmup], Tally(), {}, None)
+        prof.runcall(process_seconds, procs, frames[args.warmup:], Tally(), {}, None)
         out = io.StringIO()
         pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(args.profile)
         print(out.getvalue())

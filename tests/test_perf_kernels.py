@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 import numpy as np
 import pytest
 from scipy.optimize import nnls
 
+from processors.gas_events import GasEventsConfig, onset_params
 from processors.kernels import gas_rates as R
+from processors.kernels.echem_events import EW
 from processors.mass_spec import cracking_matrix
 
 GASES = ["H2", "CO", "CO2", "C2H4", "O2", "SO2", "Ar"]
@@ -203,3 +206,194 @@ def test_gas_block_rejects_without_touching_the_state() -> None:
     assert R.gas_block(no_ar, np.zeros(1), a, 1.0, pinv, have, params, s, sums, buf_t, buf_x,
                        acc, *outs) == R.NO_STANDARD
     assert np.array_equal(s, before, equal_nan=True) and not sums.any() and not acc.any()
+
+
+# -- gas events ----------------------------------------------------------------------------
+
+
+def ew_reference(sums: list[float], dt: float, y: float, tau: float) -> float:
+    """The exponentially weighted regression step of kernels.echem_events.ew_update, in plain
+    Python: sums [S0, Sx, Sxx, Sy, Sxy] with x = t - t_now."""
+    decay = math.exp(-dt / tau) if dt > 0 else 1.0
+    s0, sx, sxx, sy, sxy = sums
+    sxx = decay * (sxx - 2.0 * dt * sx + dt * dt * s0)
+    sx = decay * (sx - dt * s0)
+    sxy = decay * (sxy - dt * sy)
+    s0 = decay * s0 + 1.0
+    sy = decay * sy + y
+    sums[:] = [s0, sx, sxx, sy, sxy]
+    det = s0 * sxx - sx * sx
+    if s0 < 1.5 or det <= 1e-12 * s0 * sxx:
+        return math.nan
+    return (s0 * sxy - sx * sy) / det
+
+
+class OnsetReference:
+    """Gassing onset (block CUSUM and fast path) and the growth indicator, per sample, as the
+    gas events processor ran them in Python before the kernel."""
+
+    def __init__(self, c: GasEventsConfig):
+        self.c = c
+        self.sample = [0.0, 0.0, 0]   # mean, var, n
+        self.block = [0.0, 0.0, 0]
+        self.block_sum, self.block_n, self.block_t0 = 0.0, 0, math.nan
+        self.cusum, self.left_zero_t, self.fast_since = 0.0, math.nan, math.nan
+        self.armed, self.alarmed, self.quiet_since = True, False, math.nan
+        self.last_t = math.nan
+        self.growth = [0.0] * 5
+        self.history: deque = deque(maxlen=256)
+
+    @staticmethod
+    def learn(b: list, x: float, weight: float, warm: int) -> None:
+        a = max(weight, 1.0 / (b[2] + 1)) if b[2] < warm else weight
+        diff = x - b[0]
+        b[0] += a * diff
+        b[1] = (1 - a) * (b[1] + a * diff * diff)
+        b[2] += 1
+
+    def onset(self, t: float, rate: float, dt: float) -> tuple[float, float] | None:
+        c = self.c
+        warm = self.block[2] >= c.warmup_blocks and self.block[1] > 0 and self.sample[1] > 0
+        z = (rate - self.sample[0]) / math.sqrt(self.sample[1]) if warm else 0.0
+        found = None
+        if warm and z > c.fast_z:
+            if math.isnan(self.fast_since):
+                self.fast_since = t
+            escalates = not self.armed and not self.alarmed and rate >= c.alarm_rate_mol_s
+            if (self.armed or escalates) and t - self.fast_since >= c.fast_hold_s \
+                    and rate > c.min_rate_mol_s:
+                found = (self.fast_since, z)
+        else:
+            self.fast_since = math.nan
+        if math.isnan(self.block_t0):
+            self.block_t0 = t
+        self.block_sum += rate
+        self.block_n += 1
+        if t - self.block_t0 >= c.block_s:
+            mean = self.block_sum / self.block_n
+            self.block_sum, self.block_n, self.block_t0 = 0.0, 0, t
+            if warm:
+                zb = (mean - self.block[0]) / math.sqrt(self.block[1])
+                if self.cusum == 0.0:
+                    self.left_zero_t = t - c.block_s
+                self.cusum = max(0.0, self.cusum + zb - c.cusum_k)
+                if self.armed and self.cusum > c.cusum_h and mean > c.min_rate_mol_s \
+                        and found is None:
+                    found = (self.left_zero_t, self.cusum)
+                quiet, typical = zb < 0.5, abs(zb) < 3.0
+            else:
+                quiet = typical = True
+            if self.armed and typical:
+                self.learn(self.block, mean, 1.0 - math.exp(-c.block_s / c.baseline_tau_s),
+                           c.warmup_blocks)
+            if not self.armed:
+                if not quiet:
+                    self.quiet_since = math.nan
+                elif math.isnan(self.quiet_since):
+                    self.quiet_since = t
+                elif t - self.quiet_since >= c.rearm_s:
+                    self.armed, self.alarmed, self.cusum = True, False, 0.0
+        if not warm or (self.armed and abs(z) < 3.0):
+            self.learn(self.sample, rate,
+                       1.0 - math.exp(-dt / c.baseline_tau_s) if dt > 0 else 0.0,
+                       10 ** 9 if not warm else 0)
+        if found is not None:
+            self.armed = False
+            self.quiet_since = math.nan
+        return found
+
+    def grow(self, t: float, rate: float, dt: float) -> tuple[bool, float]:
+        c = self.c
+        level = self.sample[0] + 4.0 * math.sqrt(self.sample[1])
+        if self.block[2] < c.warmup_blocks or rate <= level or rate <= 0:
+            self.growth = [0.0] * 5
+            self.history.clear()
+            return False, math.nan
+        g = ew_reference(self.growth, dt, math.log(rate), c.growth_tau_s)
+        self.history.append((t, g))
+        while self.history[0][0] < t - c.growth_lag_s:
+            self.history.popleft()
+        t0, earlier = self.history[0]
+        return (math.isfinite(g) and g > 1.0 / c.growth_time_s
+                and t - t0 >= 0.5 * c.growth_lag_s and g >= 0.5 * earlier), g
+
+    def run(self, ts: np.ndarray, rates: np.ndarray) -> tuple[list, list, list]:
+        events, codes, growth = [], [], []
+        for k, (t, rate) in enumerate(zip(ts.tolist(), rates.tolist(), strict=True)):
+            if not math.isfinite(rate) or (math.isfinite(self.last_t) and t <= self.last_t):
+                codes.append(R.SKIPPED)
+                growth.append(math.nan)
+                continue
+            dt = 0.0 if math.isnan(self.last_t) else t - self.last_t
+            self.last_t = t
+            found = self.onset(t, rate, dt)
+            if found is not None:
+                events.append([k, *found, rate, self.block[0], math.sqrt(self.sample[1])])
+                self.alarmed = self.alarmed or rate >= self.c.alarm_rate_mol_s
+            on, g = self.grow(t, rate, dt)
+            codes.append(R.ON if on else R.OFF)
+            growth.append(g)
+        return events, codes, growth
+
+
+def gassing_rates(kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """A quiet baseline, then a burst (fast path) or small persistent gassing (block CUSUM),
+    then an exponential runaway; with NaN, repeated and out-of-order samples."""
+    rng = np.random.default_rng(len(kind))
+    t = np.arange(9000, dtype=np.float64)
+    rate = 1e-11 + 2e-12 * rng.standard_normal(t.size)
+    if kind == "burst":
+        rate[3000:3100] += 5e-10
+    else:
+        rate[3000:5000] += 1e-12
+    rate[6000:] += 1e-12 * np.exp((t[6000:] - 6000) / 100.0)
+    rate[[100, 4000, 8000]] = np.nan
+    t[[2000, 5500]] = t[[1999, 5490]]
+    return t, rate
+
+
+@pytest.mark.parametrize("kind", ["burst", "small"])
+def test_onset_block_is_bit_identical_to_the_python_detectors(kind: str) -> None:
+    c = GasEventsConfig()
+    t, rate = gassing_rates(kind)
+    ref_events, ref_codes, ref_growth = OnsetReference(c).run(t, rate)
+    st, p = R.new_onset_state(), onset_params(c)
+    events, codes, growth = [], [], []
+    for k in range(0, t.size, 7):  # blocks of 7 samples
+        n = min(7, t.size - k)
+        ev, cd, gr = np.empty((n, R.N_ONSET_EVIDENCE)), np.empty(n, dtype=np.int64), np.empty(n)
+        m = R.onset_block(t[k:k + n], rate[k:k + n], st, p, True, True, ev, cd, gr)
+        events += [[row[0] + k, *row[1:]] for row in ev[:m].tolist()]
+        codes += cd.tolist()
+        growth += gr.tolist()
+    # the burst (fast path, statistic in sigmas) or the small gassing (CUSUM well above h)
+    assert 3000 <= ref_events[0][0] < 3600 and 2800 <= ref_events[0][1] <= 3100
+    assert ref_events[0][2] > (c.fast_z if kind == "burst" else c.cusum_h)
+    assert events == ref_events
+    assert codes == ref_codes and R.ON in codes and R.SKIPPED in codes
+    np.testing.assert_array_equal(growth, ref_growth)
+
+
+def test_slope_indicator_matches_a_python_loop() -> None:
+    rng = np.random.default_rng(5)
+    t = np.cumsum(rng.uniform(0.05, 0.2, 3000))
+    x = 25.0 + 0.3 * np.maximum(t - 200.0, 0.0) + rng.normal(0, 0.01, t.size)
+    x[[50, 51, 900]] = np.nan
+    t[700] = t[699]
+    fit = np.zeros(EW + 1)
+    fit[EW] = np.nan
+    codes, slopes = np.empty(t.size, dtype=np.int64), np.empty(t.size)
+    n_on, n_used = R.slope_indicator(t, x, fit, 30.0, 0.2, codes, slopes)
+    sums, last = [0.0] * 5, math.nan
+    for k in range(t.size):
+        if not math.isfinite(x[k]) or (math.isfinite(last) and t[k] <= last):
+            assert codes[k] == R.SKIPPED
+            continue
+        dt = 0.0 if math.isnan(last) else t[k] - last
+        last = t[k]
+        slope = ew_reference(sums, dt, x[k], 30.0)
+        assert slopes[k] == slope or (math.isnan(slope) and math.isnan(slopes[k]))
+        assert codes[k] == (R.ON if math.isfinite(slope) and slope > 0.2 else R.OFF)
+    assert n_used == t.size - 4 and 0 < n_on == (codes == R.ON).sum()
+    # and the slope itself: 0.3 degC/s once the ramp has filled the window
+    assert slopes[-1] == pytest.approx(0.3, rel=0.05)
