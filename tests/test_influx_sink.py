@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from stream.config import ConfigError, parse_config
 from stream.frame import Frame
 from stream.influx.config import InfluxSinkConfig
-from stream.lineprotocol import LineProtocolError, check_name, encode_points
+from stream.lineprotocol import LineEncoder, LineProtocolError, check_name, encode_points
 from stream.recording import RecordingReader
 from stream.sinks.influxdb import InfluxDBSink
 
@@ -431,3 +431,19 @@ def test_node_sigterm_flushes_every_result_into_influxdb(influx: InfluxDBServer,
     [row] = influx.rows('SELECT COUNT("voltage") FROM "result_echem"', db)
     assert n_raw > 10 and row["count"] == n_raw  # one result per raw block, all flushed
     assert influx.rows('SELECT COUNT("frames_in") FROM "health"', db)
+
+
+@needs_influxd
+def test_unreadable_spool_file_is_set_aside(influx: InfluxDBServer, tmp_path: Path) -> None:
+    db = fresh_db(influx, "corrupt")
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    good = LineEncoder().encode_many(echem_blocks(2))[0]
+    (spool / f"{0:020d}-7.lp.gz").write_bytes(b"this is not gzip")
+    (spool / f"{1:020d}-100.lp.gz").write_bytes(gzip.compress(good))
+    sink = InfluxDBSink(sink_config(tmp_path, influx.url, database=db))
+    asyncio.run(write_all(sink, []))
+    assert count_and_sum(influx, db) == (100, float(np.arange(100).sum()))
+    assert (spool / f"{0:020d}-7.lp.gz.corrupt").exists()
+    [dead] = sink.dead_letter.read()
+    assert "unreadable spool file" in dead["reason"]

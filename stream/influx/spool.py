@@ -83,14 +83,18 @@ class Spool:
     def read(self, path: Path) -> bytes:
         return path.read_bytes()
 
-    def remove(self, path: Path) -> None:
+    def remove(self, path: Path, keep_as: Path | None = None) -> None:
+        """Forget a delivered batch (delete its file, or rename it to ``keep_as``)."""
         with self._lock:
             for i, entry in enumerate(self._files):
                 if entry[3] == path:
                     del self._files[i]
                     self.bytes -= entry[2]
                     break
-            path.unlink(missing_ok=True)
+            if keep_as is None:
+                path.unlink(missing_ok=True)
+            else:
+                os.rename(path, keep_as)
             self._fsync_dir()
 
     def _fsync_dir(self) -> None:

@@ -23,6 +23,7 @@ import logging
 import random
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,6 +180,12 @@ class BatchWriter:
                     batch = Batch(n_lines, gz=self.spool.read(path), spool_path=path)
                 else:
                     batch = self._memory[0]
+            if batch.spool_path is not None:
+                try:  # check a spooled batch before sending it
+                    batch.raw_bytes()
+                except (OSError, EOFError, zlib.error) as exc:
+                    self._quarantine(batch.spool_path, exc)
+                    continue
             done, result = self._deliver(batch)
             with self._cv:
                 self._answered = result.status is not None
@@ -206,6 +213,16 @@ class BatchWriter:
                 self._cv.notify_all()
             self._wake.wait(delay)
             self._wake.clear()
+
+    def _quarantine(self, path: Path, exc: Exception) -> None:
+        """A spool file that cannot be read is renamed ``*.corrupt`` and named in the dead-letter
+        file; the spool moves on."""
+        log.error("spool file %s cannot be read (%s): set aside as .corrupt", path, exc)
+        with self._cv:
+            self.spool.remove(path, keep_as=path.with_name(path.name + ".corrupt"))
+            self._cv.notify_all()
+        self.dead_letter.add([{"status": None, "reason": f"unreadable spool file: {exc}",
+                               "spool_file": str(path) + ".corrupt"}])
 
     def _spool_memory(self, force: bool) -> None:
         """Move every batch waiting in memory into the spool, oldest first (holding the lock)."""
