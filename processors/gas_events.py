@@ -195,9 +195,11 @@ class GasEventProcessor(Processor):
         n = ts.size
         events = np.empty((n, K.N_ONSET_EVIDENCE))
         codes, growth = np.empty(n, dtype=np.int64), np.empty(n)
-        n_events = K.onset_block(ts, rate, st, self._params, report, growth_name is not None,
-                                 events, codes, growth)
-        if growth_name is None and n_events == 0:
+        n_events, n_on, n_used = K.onset_block(ts, rate, st, self._params, report,
+                                                growth_name is not None, events, codes, growth)
+        if n_events == 0 and n_on == 0:  # the usual case: nothing to report
+            if growth_name is not None and n_used:  # the growth indicator's hold restarts
+                cell.indicators.setdefault(growth_name, _Indicator()).since = math.nan
             return []
         out = []
         e = 0

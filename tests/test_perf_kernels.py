@@ -362,7 +362,9 @@ def test_onset_block_is_bit_identical_to_the_python_detectors(kind: str) -> None
     for k in range(0, t.size, 7):  # blocks of 7 samples
         n = min(7, t.size - k)
         ev, cd, gr = np.empty((n, R.N_ONSET_EVIDENCE)), np.empty(n, dtype=np.int64), np.empty(n)
-        m = R.onset_block(t[k:k + n], rate[k:k + n], st, p, True, True, ev, cd, gr)
+        m, n_on, n_used = R.onset_block(t[k:k + n], rate[k:k + n], st, p, True, True, ev, cd,
+                                        gr)
+        assert n_on == (cd == R.ON).sum() and n_used == (cd != R.SKIPPED).sum()
         events += [[row[0] + k, *row[1:]] for row in ev[:m].tolist()]
         codes += cd.tolist()
         growth += gr.tolist()

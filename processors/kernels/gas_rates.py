@@ -398,13 +398,14 @@ def growth_step(st: np.ndarray, t: float, rate: float, dt: float, p: np.ndarray
 @nb.njit(cache=True)
 def onset_block(ts: np.ndarray, rates: np.ndarray, st: np.ndarray, p: np.ndarray,
                 report: bool, runaway: bool, events: np.ndarray, codes: np.ndarray,
-                growth: np.ndarray) -> int:
+                growth: np.ndarray) -> tuple[int, int, int]:
     """The rate samples of one frame of one gas. Samples that are not finite or not after the
     last one are skipped (codes SKIPPED). Onsets go to ``events`` rows [sample, onset t,
-    statistic, rate, block baseline, sample sigma] (returns their number); a reported
-    (``report``) onset at or above the alarm rate marks the episode alarmed. With ``runaway``
-    the growth indicator's code (ON/OFF) and value are written per sample."""
-    m = 0
+    statistic, rate, block baseline, sample sigma]; a reported (``report``) onset at or above
+    the alarm rate marks the episode alarmed. With ``runaway`` the growth indicator's code
+    (ON/OFF) and value are written per sample. Returns the numbers of onsets, of samples with
+    growth ON and of samples used."""
+    m = n_on = n_used = 0
     ev = np.empty(2)
     for k in range(ts.shape[0]):
         t, rate = ts[k], rates[k]
@@ -422,9 +423,12 @@ def onset_block(ts: np.ndarray, rates: np.ndarray, st: np.ndarray, p: np.ndarray
             if rate >= p[Q_ALARM_RATE]:
                 st[O_ALARMED] = 1.0
         codes[k] = OFF
+        n_used += 1
         if runaway:
             codes[k], growth[k] = growth_step(st, t, rate, dt, p)
-    return m
+            if codes[k] == ON:
+                n_on += 1
+    return m, n_on, n_used
 
 
 @nb.njit(cache=True)
