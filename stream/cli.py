@@ -341,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file", help="MCAP recording")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_inspect)
+
+    from . import alerts_cli, dashboards
+    alerts_cli.add_parser(sub)
+    dashboards.add_parser(sub)
     return p
 
 

@@ -102,7 +102,8 @@ def test_cli_reports_config_errors(tmp_path: Path, capsys) -> None:
 def test_every_command_has_help() -> None:
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001
-    assert {"demo", "run", "record", "replay", "process", "inspect"} <= set(commands)
+    assert {"demo", "run", "record", "replay", "process", "simulate", "inspect", "alerts",
+            "dashboards"} <= set(commands)
     for name in commands:
         out = subprocess.run([sys.executable, "-m", "stream.cli", name, "--help"],
                              capture_output=True, text=True, check=True).stdout
