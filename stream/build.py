@@ -33,6 +33,9 @@ def build_sources(cfg: OpmonConfig, clock: Any = None) -> list[Source]:
         data = inp.model_dump(exclude={"topics"})
         sub = open_subscriber(TransportConfig(**data), inp.topics)
         sources.append(SubscriberSource(sub, name=f"input{i}"))
+    if any(plugin.type == "alert_mqtt" for plugin in cfg.sinks):
+        from .alerts.mqtt import ack_sources
+        sources.extend(ack_sources(cfg))  # acknowledgements from <root>/<experiment>/alerts/ack
     return sources
 
 

@@ -37,6 +37,7 @@ class StageStats:
     frames_in: int = 0
     frames_out: int = 0
     rejects: int = 0
+    node_rejects: int = 0   # counted here; a source's own rejects come from its counters()
     lost: int = 0
     duplicates: int = 0
     queue: asyncio.Queue | None = None
@@ -50,6 +51,7 @@ class StageStats:
 
     def reject(self, message: str) -> None:
         self.rejects += 1
+        self.node_rejects += 1
         self.last_error = message
         if self.rejects <= 20 or self.rejects % 1000 == 0:
             log.warning("%s: reject #%d: %s", self.name, self.rejects, message)
@@ -63,6 +65,32 @@ class StageStats:
                 "queue_depth": self.queue.qsize() if self.queue else 0,
                 "latency_p50_ms": p50 * 1e3, "latency_p99_ms": p99 * 1e3,
                 "latency_max_ms": float(pmax) * 1e3}
+
+
+def _take_counters(source: Source, st: StageStats) -> None:
+    """A source's own counts (a decoder's rejects, a transport's lost frames) on its stage;
+    rejects the node made while validating its frames are added."""
+    counts = source.counters()
+    for key in ("lost", "duplicates"):
+        if key in counts:
+            setattr(st, key, counts[key])
+    if "rejects" in counts:
+        st.rejects = st.node_rejects + counts["rejects"]
+
+
+async def _cancel(tasks: list[asyncio.Task], wait_s: float = 0.5, attempts: int = 20) -> None:
+    """Cancel tasks and wait for them, cancelling again those that swallowed the request
+    (Python 3.11's ``asyncio.wait_for`` loses a cancellation that races with its result, as
+    happens inside aiomqtt's connect)."""
+    pending = {t for t in tasks if not t.done()}
+    for _ in range(attempts):
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=wait_s)
+    for task in pending:
+        log.warning("task %s did not stop when cancelled; abandoned", task.get_name())
 
 
 class Node:
@@ -82,6 +110,7 @@ class Node:
         self._sink_queues: list[tuple[Sink, asyncio.Queue, StageStats]] = []
         self._stop = asyncio.Event()
         self._health_seq: dict[str, int] = {}
+        self._source_stats: list[tuple[Source, StageStats]] = []
         self.on_health: Callable[[dict[str, dict[str, float]]], None] | None = None
 
     # -- public ---------------------------------------------------------------------------
@@ -91,6 +120,8 @@ class Node:
         self._stop.set()
 
     def snapshot(self) -> dict[str, dict[str, float]]:
+        for source, st in self._source_stats:
+            _take_counters(source, st)
         return {name: st.snapshot() for name, st in self.stats.items()}
 
     async def run(self) -> dict[str, dict[str, float]]:
@@ -119,11 +150,15 @@ class Node:
         source_tasks = [asyncio.create_task(self._source_loop(src)) for src in self.sources]
         health_task = asyncio.create_task(self._health_loop())
         stop_task = asyncio.create_task(self._stop.wait())
-        sources_done = asyncio.gather(*source_tasks, return_exceptions=True)
-        await asyncio.wait({stop_task, sources_done}, return_when=asyncio.FIRST_COMPLETED)
-        for task in source_tasks:
-            task.cancel()
-        await asyncio.gather(sources_done, return_exceptions=True)
+        # the node ends when its data sources end; side channels (acknowledgements) do not
+        # keep it alive
+        data_tasks = [t for t, src in zip(source_tasks, self.sources, strict=True)
+                      if not src.auxiliary]
+        waits = {stop_task}
+        if data_tasks:
+            waits.add(asyncio.gather(*data_tasks, return_exceptions=True))
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        await _cancel(source_tasks)
         stop_task.cancel()
         await self._input.put(_DONE)
         await process_task
@@ -146,6 +181,7 @@ class Node:
 
     async def _source_loop(self, source: Source) -> None:
         st = self._stage(f"source.{source.name}", None)
+        self._source_stats.append((source, st))
         try:
             async for frame in source.frames():
                 if not source.trusted:
@@ -163,9 +199,7 @@ class Node:
             log.exception("source %s failed", source.name)
             st.reject(f"source {source.name} failed: {exc!r}")
         finally:
-            for key, value in source.counters().items():
-                if key in ("rejects", "lost", "duplicates"):
-                    setattr(st, key, value)
+            _take_counters(source, st)
 
     async def _process_loop(self, st: StageStats) -> None:
         while True:

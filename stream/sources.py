@@ -19,6 +19,7 @@ class Source(ABC):
 
     name: str = "source"
     trusted: bool = False
+    auxiliary: bool = False   # a side channel (acknowledgements): the node ends with its data
 
     @abstractmethod
     def frames(self) -> AsyncIterator[Frame]: ...

@@ -90,8 +90,8 @@ class Scenario(BaseModel):
     pressure_hz: float = 1.0
     oems_channels: list[int] = [2, 26, 27, 28, 32, 40, 44]
     oems_cycle_s: float = 1.0
-    detectors: list[Literal["xrd", "raman", "xrd2d"]] = ["xrd", "raman"]
-    spectrum_every_s: float = 5.0
+    detectors: list[Literal["xrd", "raman", "xrd2d"]] = ["xrd", "raman"]  # [] for none
+    spectrum_every_s: float = Field(5.0, gt=0)
 
 
 def load_scenario(name_or_path: str) -> Scenario:

@@ -12,6 +12,9 @@ REGISTRY: dict[str, str] = {
     "console": "stream.sinks.console:ConsoleSink",
     "publish": "stream.sinks.publish:PublishSink",
     "influxdb": "stream.sinks.influxdb:InfluxDBSink",
+    "alert_mqtt": "stream.alerts.mqtt:MqttAlertSink",
+    "alert_webhook": "stream.alerts.webhook:WebhookAlertSink",
+    "alert_log": "stream.alerts.notify:LogAlertSink",
 }
 
 
