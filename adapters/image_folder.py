@@ -1,0 +1,317 @@
+"""A folder of detector images written by a beamline: TIFF, CBF, EDF (through fabio) and HDF5
+stacks (through h5py), watched by polling.
+
+A file is read once it has settled: its size and mtime unchanged for ``settle_s`` (by our own
+polls, or by the age of its mtime). It must then parse completely: fabio's reader returning no
+data (truncated TIFF), a CBF whose binary section is short, an EDF whose data stream is
+incomplete (fabio would pad it) or an HDF5 file that does not open all count as not yet complete.
+Such a file is tried again after another ``settle_s``, up to ``retries`` times; a file that still
+does not parse is rejected with the reason and tried again only if it changes. A file that
+changes while it is being waited for starts its wait and its tries afresh.
+
+Files are published in order (by name, numbers compared as numbers, or by mtime); a file still
+being written holds back the ones after it. Each file is published once; an HDF5 file that grows
+(more images appended to the stack) publishes the new images when it settles again.
+
+Time base: the instrument time of an image is its file's mtime. Watching live (``follow``), the
+clock model estimates the file system's offset against the host; a one-pass read of existing
+files (``follow = false``, a replay) keeps the mtimes as they are unless the config sets a clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import logging
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from stream.frame import ALLOWED_DTYPES, Frame
+
+from .base import Adapter, AdapterConfig
+from .timebase import ClockModel
+
+log = logging.getLogger("opmon.adapters.image_folder")
+
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs")
+_LOG_FIRST = 20          # rejects logged one by one; after that only every power of two
+_HEADER_VALUE_MAX = 200  # header values longer than this are left out of the meta
+_HEADER_KEYS_MAX = 64
+_BATCH_BYTES = 256 << 20  # HDF5 images read per pass, at most this many bytes
+
+
+class IncompleteImage(ValueError):
+    """A file that does not (yet) parse completely; ``where`` names the file (and image)."""
+
+    def __init__(self, where: str, reason: str):
+        self.where, self.reason = where, reason
+        super().__init__(f"{where}: {reason}")
+
+
+@dataclass
+class _Image:
+    data: np.ndarray
+    index: int
+    header: dict[str, str]
+
+
+@dataclass
+class _Watched:
+    path: Path
+    signature: tuple[int, int]       # (size, mtime_ns) when last seen
+    changed_at: float                # monotonic time the signature last changed
+    due_at: float = 0.0              # monotonic time of the next try
+    tries: int = 0
+    done: tuple[int, int] | None = None   # signature when published or rejected
+    images: int = 0                  # images published from this file (HDF5 stacks grow)
+    final: bool = False              # later changes are ignored (published, or there at start)
+
+
+def _natural_key(name: str) -> list[Any]:
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+def _short_header(header: Any, keys: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in dict(header or {}).items():
+        if keys is not None and key not in keys:
+            continue
+        text = str(value)
+        if len(text) <= _HEADER_VALUE_MAX:
+            out[str(key)] = text
+        if len(out) >= _HEADER_KEYS_MAX:
+            break
+    return out
+
+
+def _check_image(data: Any, where: str) -> np.ndarray:
+    if data is None:
+        raise IncompleteImage(where, "no image data (truncated?)")
+    data = np.asarray(data)
+    if data.ndim != 2 or data.size == 0:
+        raise IncompleteImage(where, f"shape {list(data.shape)} is not a 2-D image")
+    if data.dtype.str not in ALLOWED_DTYPES:
+        if data.dtype.kind not in "fiub":
+            raise IncompleteImage(where, f"dtype {data.dtype.str} is not numeric")
+        data = data.astype(data.dtype.newbyteorder("<"))
+    return data
+
+
+def read_fabio(path: Path, header_keys: list[str] | None = None) -> list[_Image]:
+    """Every frame of an image file fabio reads (TIFF, CBF, EDF, ...). Raises IncompleteImage."""
+    import fabio
+
+    try:
+        img = fabio.open(str(path))
+    except Exception as exc:  # noqa: BLE001 - fabio raises anything on a partial file
+        raise IncompleteImage(str(path), f"fabio cannot read it ({type(exc).__name__}: "
+                                         f"{exc})") from None
+    out = []
+    for index in range(max(1, int(getattr(img, "nframes", 1) or 1))):
+        try:
+            frame = img if index == 0 else img.getframe(index)
+            data = frame.data
+        except Exception as exc:  # noqa: BLE001
+            raise IncompleteImage(f"{path} frame {index}",
+                                  f"{type(exc).__name__}: {exc}") from None
+        if getattr(frame, "incomplete_file", False) or getattr(frame, "incomplete_data", False):
+            raise IncompleteImage(f"{path} frame {index}", "data stream incomplete")
+        out.append(_Image(_check_image(data, f"{path} frame {index}"), index,
+                          _short_header(frame.header, header_keys)))
+    return out
+
+
+def read_hdf5(path: Path, dataset: str, start: int, max_bytes: int = _BATCH_BYTES
+              ) -> tuple[list[_Image], int]:
+    """Images ``start``... of a 2-D image or 3-D stack (at most ``max_bytes`` of them), and
+    the number of images in the file. Raises IncompleteImage."""
+    import h5py
+
+    with contextlib.suppress(ImportError):
+        import hdf5plugin  # noqa: F401 - registers the bitshuffle/LZ4 filters of Eiger files
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            if dataset not in f:
+                raise IncompleteImage(str(path), f"no dataset {dataset!r}")
+            ds = f[dataset]
+            if ds.ndim == 2:
+                count, images = 1, ([ds[()]] if start == 0 else [])
+            elif ds.ndim == 3:
+                count = ds.shape[0]
+                per_image = max(1, ds.shape[1] * ds.shape[2] * ds.dtype.itemsize)
+                stop = min(count, start + max(1, max_bytes // per_image))
+                images = list(ds[start:stop]) if stop > start else []
+            else:
+                raise IncompleteImage(f"{path}:{dataset}", f"shape {list(ds.shape)} is "
+                                      "neither an image nor a stack of images")
+    except IncompleteImage:
+        raise
+    except Exception as exc:  # noqa: BLE001 - h5py raises OSError, KeyError, ... mid-write
+        raise IncompleteImage(str(path), f"h5py cannot read it ({type(exc).__name__}: "
+                                         f"{exc})") from None
+    out = [_Image(_check_image(data, f"{path}:{dataset}[{start + i}]"), start + i, {})
+           for i, data in enumerate(images)]
+    return out, count
+
+
+class ImageFolderConfig(AdapterConfig):
+    directory: str = "."                  # the folder the detector writes into
+    pattern: str = "*"                    # glob of the files to read (e.g. "*.cbf", "scan_*.h5")
+    ignore: list[str] = Field(default_factory=lambda: [".*", "*.tmp", "*.part", "*~"])
+                                          # globs never read (files being written under a temporary name)
+    order: Literal["name", "mtime"] = "name"   # publishing order; names compare numbers as numbers
+    start_from: Literal["existing", "now"] = "existing"   # "now": skip the files already there
+    follow: bool = True                   # keep watching; false: read the files there once, stop
+    poll_s: float = Field(0.5, gt=0)      # time between directory scans
+    settle_s: float = Field(1.0, ge=0)    # size and mtime unchanged this long before reading
+    retries: int = Field(3, ge=0)         # tries after the first for a file that does not parse
+    h5_dataset: str = "/entry/data/data"  # the image or stack (images, rows, columns) in HDF5 files
+    header_keys: list[str] | None = None  # header entries copied to meta; None: all short ones
+
+
+class ImageFolderAdapter(Adapter):
+    """Publishes one ``image`` frame (array ``image``, the file's dtype) per image in a file."""
+
+    type_name = "detector.folder"
+    Config = ImageFolderConfig
+
+    def __init__(self, stream: str, config: ImageFolderConfig | None = None):
+        super().__init__(stream, config)
+        cfg = self.config
+        clock = cfg.clock
+        if not cfg.follow and "mode" not in clock.model_fields_set and clock.offset_s is None:
+            # a replay of files on disk: their mtimes are the time base
+            self.timebase = ClockModel(clock.model_copy(update={"mode": "instrument"}))
+        self.directory = Path(cfg.directory)
+        self.watched: dict[str, _Watched] = {}
+        self.files = 0
+        self.images = 0
+        self.retries = 0   # tries of files that did not parse yet
+
+    # -- scanning -------------------------------------------------------------------------------
+    def _wanted(self, name: str) -> bool:
+        cfg = self.config
+        return fnmatch.fnmatch(name, cfg.pattern) and not any(
+            fnmatch.fnmatch(name, p) for p in cfg.ignore)
+
+    def scan(self, now: float | None = None) -> None:
+        """Note new files and changes since the last scan."""
+        now = time.monotonic() if now is None else now
+        try:
+            entries = list(os.scandir(self.directory))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            if not self._wanted(entry.name):
+                continue
+            try:
+                if not entry.is_file():
+                    continue
+                st = entry.stat()
+            except FileNotFoundError:
+                continue
+            signature = (st.st_size, st.st_mtime_ns)
+            w = self.watched.get(entry.name)
+            if w is None:
+                self.watched[entry.name] = _Watched(Path(entry.path), signature, now)
+            elif w.final:
+                w.signature = w.done = signature
+            elif w.signature != signature:
+                w.signature, w.changed_at, w.tries = signature, now, 0
+
+    def _settled(self, w: _Watched, now: float) -> bool:
+        settle = self.config.settle_s
+        age_s = (time.time_ns() - w.signature[1]) * 1e-9
+        return now - w.changed_at >= settle or age_s >= settle
+
+    def _ordered(self) -> list[_Watched]:
+        pending = [w for w in self.watched.values() if w.done != w.signature]
+        if self.config.order == "mtime":
+            return sorted(pending, key=lambda w: (w.signature[1], _natural_key(w.path.name)))
+        return sorted(pending, key=lambda w: _natural_key(w.path.name))
+
+    def ready(self, now: float | None = None) -> Iterator[_Watched]:
+        """Pending files in order, up to the first that is still being written."""
+        now = time.monotonic() if now is None else now
+        for w in self._ordered():
+            if self.config.follow and not (self._settled(w, now) and now >= w.due_at):
+                return
+            yield w
+
+    # -- reading --------------------------------------------------------------------------------
+    async def _read(self, w: _Watched) -> AsyncIterator[Frame]:
+        """The frames of one settled file; a file that does not parse is retried or rejected."""
+        signature = w.signature
+        is_hdf5 = w.path.suffix.lower() in HDF5_SUFFIXES
+        try:
+            while True:
+                if is_hdf5:
+                    images, count = await asyncio.to_thread(
+                        read_hdf5, w.path, self.config.h5_dataset, w.images)
+                else:
+                    images = await asyncio.to_thread(read_fabio, w.path, self.config.header_keys)
+                    count = len(images)
+                for image in images:
+                    yield self._frame(w, image, count, signature[1])
+                    w.images = image.index + 1
+                if not is_hdf5 or w.images >= count or not images:
+                    break
+        except IncompleteImage as exc:
+            w.tries += 1
+            if self.config.follow and w.tries <= self.config.retries:
+                w.due_at = time.monotonic() + self.config.settle_s
+                self.retries += 1
+                return
+            self._reject(exc.where, f"{exc.reason} (after {w.tries} tries)")
+        else:
+            self.files += 1
+            w.final = not is_hdf5   # an image file is published once; stacks may grow
+        w.done, w.tries = signature, 0
+
+    def _frame(self, w: _Watched, image: _Image, count: int, mtime_ns: int) -> Frame:
+        meta: dict[str, Any] = {"file": w.path.name}
+        if count > 1:
+            meta.update(index=image.index, images=count)
+        if image.header:
+            meta["header"] = image.header
+        if w.path.suffix.lower() in HDF5_SUFFIXES:
+            meta["dataset"] = self.config.h5_dataset
+        self.images += 1
+        return self.make_frame("image", mtime_ns, {"image": image.data}, {"image": "counts"},
+                               meta)
+
+    def _reject(self, where: str, reason: str) -> None:
+        message = self.reject(where, reason)
+        n = self.rejects
+        if n <= _LOG_FIRST or n & (n - 1) == 0:
+            log.warning("%s (reject %d)", message, n)
+
+    async def frames(self) -> AsyncIterator[Frame]:
+        cfg = self.config
+        self.scan()
+        if cfg.start_from == "now":
+            for w in self.watched.values():
+                w.done, w.final = w.signature, True
+        while True:
+            for w in list(self.ready()):
+                async for frame in self._read(w):
+                    yield frame
+                if w.done != w.signature:   # waiting for a retry holds back the files after it
+                    break
+            if not cfg.follow:
+                return
+            await asyncio.sleep(cfg.poll_s)
+            self.scan()
+
+    def counters(self) -> dict[str, int]:
+        return {"rejects": self.rejects, "files": self.files, "images": self.images,
+                "retries": self.retries}
