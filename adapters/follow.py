@@ -79,7 +79,7 @@ class FileFollower:
                 return Chunk([], self._next_line)
         elif self._replaced():
             lines = self._drain()  # finish the old file's complete lines first
-            if lines:
+            if lines.lines:
                 return lines
             self.close()
             self.rotations += 1
