@@ -64,7 +64,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run_dir = Path(args.out) if args.out else new_run_dir(args.runs)
     run_dir.mkdir(parents=True, exist_ok=True)
     data = demo_config(run_dir, cells=args.cells, duration_s=args.duration,
-                       speed="max" if math.isinf(args.speed) else args.speed)
+                       speed="max" if math.isinf(args.speed) else args.speed,
+                       influx=_demo_influx(args), mqtt_url=args.mqtt_url)
     if args.print_config:
         print(tomli_w.dumps(data))
         return 0
@@ -98,6 +99,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"  results.lp      (InfluxDB line protocol)\n  health.lp, summary.json, "
           f"ground_truth.json, config.toml")
     return 0
+
+
+def _demo_influx(args: argparse.Namespace) -> dict | None:
+    """The InfluxDB sink of ``opmon demo --influx-url``: v2 with org and bucket, else v1."""
+    if not args.influx_url:
+        return None
+    sink: dict = {"url": args.influx_url}
+    if args.influx_org or args.influx_bucket:
+        sink.update(api="v2", org=args.influx_org, bucket=args.influx_bucket)
+    else:
+        sink.update(api="v1", database=args.influx_db)
+    if args.influx_token_env:
+        sink["token_env"] = args.influx_token_env
+    return sink
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -286,6 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--runs", default="runs", help="folder for run folders (default ./runs)")
     s.add_argument("--out", help="exact run folder to use")
     s.add_argument("--print-config", action="store_true", help="print the demo config as TOML")
+    g = s.add_argument_group("services (optional; the demo needs none)")
+    g.add_argument("--influx-url", help="also write to this InfluxDB, e.g. http://localhost:8086")
+    g.add_argument("--influx-db", default="opmon", help="InfluxDB 1.x database (default opmon)")
+    g.add_argument("--influx-org", help="InfluxDB 2.x/3.x organisation (selects the v2 API)")
+    g.add_argument("--influx-bucket", help="InfluxDB 2.x/3.x bucket")
+    g.add_argument("--influx-token-env", help="environment variable holding the InfluxDB token")
+    g.add_argument("--mqtt-url", help="publish alerts (retained, with acknowledgements) and "
+                   "events on this broker, e.g. mqtt://localhost:1883")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("run", help="run a node from a TOML config",

@@ -17,8 +17,23 @@ DEFAULT_SCENARIO = "thermal-runaway-precursor"
 
 def demo_config(run_dir: Path, cells: int = 4, duration_s: float = DEFAULT_DURATION_S,
                 speed: float | str = DEFAULT_SPEED, start_ns: int | None = None,
-                scenario: str = DEFAULT_SCENARIO) -> dict[str, Any]:
-    """The embedded demo as a config dict (``opmon demo --print-config`` prints it as TOML)."""
+                scenario: str = DEFAULT_SCENARIO, influx: dict[str, Any] | None = None,
+                mqtt_url: str | None = None) -> dict[str, Any]:
+    """The embedded demo as a config dict (``opmon demo --print-config`` prints it as TOML).
+
+    ``influx`` adds an InfluxDB sink (its config keys: url, api, database or org + bucket,
+    token_env ...) fed with results, events, alerts, health and the raw pressure frames the
+    pressure dashboard reads; ``mqtt_url`` adds the retained alert topics with acknowledgements
+    and publishes events and alerts on that broker."""
+    services: list[dict[str, Any]] = []
+    if influx:
+        services.append({"type": "influxdb", "spool_dir": str(run_dir / "spool"),
+                         "kinds": ["result.*", "event", "alert", "health", "pressure"],
+                         **influx})
+    if mqtt_url:
+        services += [{"type": "alert_mqtt", "url": mqtt_url},
+                     {"type": "publish", "kinds": ["event", "alert"],
+                      "transport": {"url": mqtt_url, "qos": 1}}]
     return {
         "experiment": {"id": "demo", "description": f"opmon demo: scenario {scenario}"},
         "node": {"queue_size": 1024, "health_interval_s": 2.0},
@@ -65,6 +80,7 @@ def demo_config(run_dir: Path, cells: int = 4, duration_s: float = DEFAULT_DURAT
             {"type": "lineprotocol", "name": "health", "path": str(run_dir / "health.lp"),
              "kinds": ["health"]},
             {"type": "console"},
+            *services,
         ],
     }
 

@@ -532,10 +532,12 @@ class VictoriaMetricsServer(DaemonServer):
         if status != 200:
             raise ServerError(f"victoria-metrics force_flush {status}: {body[:300]!r}")
 
-    def export(self, match: str, start: str | None = None) -> list[dict]:
+    def export(self, match: str, start: str | None = None, end: str | None = None
+               ) -> list[dict]:
         """``/api/v1/export`` for a series selector: one dict per series with ``metric``
-        (labels), ``values`` and ``timestamps`` (ms)."""
+        (labels), ``values`` and ``timestamps`` (ms). ``end`` defaults to now."""
         params = [("match[]", match)] + ([("start", start)] if start else [("start", "0")])
+        params += [("end", end)] if end else []
         status, body = _http("GET", f"{self.url}/api/v1/export?{urllib.parse.urlencode(params)}")
         if status != 200:
             raise ServerError(f"victoria-metrics export {status}: {body[:300]!r}")
