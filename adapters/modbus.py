@@ -11,7 +11,7 @@ Modbus has no instrument clock: a sample's time is the host time at the middle o
 the clock mode defaults to ``host``. An ``offset_s`` in ``clock`` shifts the host time.
 
 Faults never stop the polling. A failed read (no connection, timeout, exception response, a
-response of the wrong size) gives NaN for the channels it covers, counted per channel in
+response of the wrong size) or a NaN or infinity sent by the device gives NaN for the channels it covers, counted per channel in
 ``meta["failed"]``. A channel whose raw registers stay identical for ``stale_s`` is stale: its
 samples are counted in ``meta["frozen"]`` (and NaN with ``stale_nan``). Every fault is a reject
 naming the registers; warnings are rate-limited. A lost connection is re-opened with exponential
@@ -142,7 +142,7 @@ class ModbusPressureConfig(AdapterConfig):
     reconnect_min_s: float = Field(0.5, gt=0)      # first backoff after a failed connect
     reconnect_max_s: float = Field(30.0, gt=0, validate_default=True)  # backoff doubles up to this
     reconnect_jitter: float = Field(0.2, ge=0, le=1)  # each backoff times 1 +- this, at random
-    stale_s: float | None = Field(60.0, gt=0)      # identical raw registers this long: stale
+    stale_s: float = Field(60.0, ge=0)             # raw registers unchanged this long: stale; 0 off
     stale_nan: bool = False                        # stale samples as NaN (else kept, flagged)
     max_registers_per_request: int = Field(MAX_READ_REGISTERS, ge=1, le=MAX_READ_REGISTERS)
     merge_gap_registers: int = Field(0, ge=0, le=64)  # read across up to N unmapped registers
@@ -317,6 +317,7 @@ class ModbusPressureAdapter(Adapter):
         self.failed_polls = 0
         self.read_errors = 0             # timeouts, lost connections, wrong-size responses
         self.exceptions = 0              # Modbus exception responses
+        self.invalid_values = 0          # NaN or infinity sent by the device
         self.reconnects = 0
         self.frozen_samples = 0
         self.overruns = 0                # poll ticks skipped because a poll took too long
@@ -395,21 +396,28 @@ class ModbusPressureAdapter(Adapter):
             return None
         return registers
 
-    def _value(self, i: int, raw: tuple[int, ...], now: float) -> tuple[float, bool]:
-        """A channel's published value and whether it is stale (raw registers unchanged)."""
+    def _value(self, i: int, raw: tuple[int, ...], now: float) -> tuple[float | None, bool]:
+        """A channel's published value (None when the device sends NaN or infinity, its signal
+        for a channel error or an over-/underflow) and whether it is stale."""
         ch = self.config.channels[i]
+        where = self._where(ReadRequest(ch.function, ch.address, ch.width, [(i, 0)]))
+        value = decode_registers(raw, ch.type, ch.byte_order, ch.word_order)
+        if not math.isfinite(value):
+            self.invalid_values += 1
+            self._warnings.warn(f"invalid {ch.name}", self.reject(
+                where, f"device sent {value} (channel error or over-/underflow)"))
+            return None, False
         state = self._state[i]
         if raw != state.last_raw:
             if state.frozen:
-                log.info("%s: %s %s: updating again", self.stream, self.endpoint, ch.name)
+                log.info("%s: %s: updating again", self.stream, where)
             state.last_raw, state.changed_at, state.frozen = raw, now, False
-        elif (ch.stale and self.config.stale_s is not None and not state.frozen
+        elif (ch.stale and self.config.stale_s > 0 and not state.frozen
               and now - state.changed_at >= self.config.stale_s):
             state.frozen = True
             self._warnings.warn(f"stale {ch.name}", self.reject(
-                self._where(ReadRequest(ch.function, ch.address, ch.width, [(i, 0)])), f"raw registers {[hex(r) for r in raw]} unchanged for "
+                where, f"raw registers {[hex(r) for r in raw]} unchanged for "
                        f"{self.config.stale_s:g} s: stale value"))
-        value = decode_registers(raw, ch.type, ch.byte_order, ch.word_order)
         value = value * self._gain[i] + self._bias[i]
         if state.frozen and self.config.stale_nan:
             value = math.nan
@@ -431,8 +439,10 @@ class ModbusPressureAdapter(Adapter):
                 now = time.monotonic()
                 for i, offset in req.channels:
                     raw = tuple(registers[offset:offset + self.config.channels[i].width])
-                    values[i], frozen = self._value(i, raw, now)
-                    read[i] = True
+                    value, frozen = self._value(i, raw, now)
+                    if value is None:
+                        continue
+                    values[i], read[i] = value, True
                     if frozen:
                         block.frozen[i] += 1
                         self.frozen_samples += 1
@@ -486,5 +496,6 @@ class ModbusPressureAdapter(Adapter):
     def counters(self) -> dict[str, int]:
         return {"rejects": self.rejects, "polls": self.polls, "failed_polls": self.failed_polls,
                 "read_errors": self.read_errors, "exceptions": self.exceptions,
+                "invalid_values": self.invalid_values,
                 "reconnects": self.reconnects, "frozen_samples": self.frozen_samples,
                 "overruns": self.overruns}

@@ -7,8 +7,10 @@ byte) and through a socket:// gateway, and config errors naming the key."""
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import struct
+import time
 import tty
 from collections.abc import Callable
 from contextlib import aclosing
@@ -74,6 +76,7 @@ class Device:
         self.unit_id = unit_id
         self.tables = {"holding": [FILL] * TABLE_SIZE, "input": [FILL] * TABLE_SIZE}
         self.requests: list[tuple[int, int, int]] = []  # (function code, address, count)
+        self.request_ns: list[int] = []                 # host time each request arrived
         self.short_responses = False
         self.server: ModbusTcpServer | ModbusSerialServer | None = None
 
@@ -90,6 +93,7 @@ class Device:
     def _trace_pdu(self, sending: bool, pdu):
         if not sending and isinstance(pdu, ReadHoldingRegistersRequest):  # input requests too
             self.requests.append((pdu.function_code, pdu.address, pdu.count))
+            self.request_ns.append(time.time_ns())
         if (sending and self.short_responses and isinstance(pdu, ReadHoldingRegistersResponse)
                 and pdu.function_code == 3 and len(pdu.registers) > 1):  # holding only
             pdu.registers = pdu.registers[:-1]
@@ -285,9 +289,13 @@ async def test_value_followed_over_polls_blocks_and_time_base(port: int) -> None
         assert frame.arrays["t"][0] == 0 and np.all(np.diff(frame.arrays["t"]) > 0)
         clock = frame.meta["clock"]
         assert clock["mode"] == "host" and frame.t0_ns == clock["host_receive_ns"]
-    starts = [f.t0_ns for f in run.frames]
-    ends = [f.times_ns()[-1] for f in run.frames]
-    assert all(end < start for end, start in zip(ends, starts[1:], strict=False))
+    # one read per poll: sample k is stamped inside its poll, so after request k-1 arrived at
+    # the server and before request k+1 was sent
+    sample_ns = np.concatenate([f.times_ns() for f in run.frames])
+    n = len(sample_ns)
+    arrived = np.array(device.request_ns)
+    assert n <= len(arrived) <= n + 1  # the run may stop with one poll in flight
+    assert np.all(sample_ns[1:] > arrived[:n - 1]) and np.all(sample_ns[:-1] < arrived[1:n])
 
 
 async def test_exception_and_short_responses_are_counted_and_polling_goes_on(port: int) -> None:
@@ -295,9 +303,13 @@ async def test_exception_and_short_responses_are_counted_and_polling_goes_on(por
     channels = [{"name": "pressure", "address": 0, "unit": "bar"},
                 {"name": "aux", "address": 1000, "type": "uint16", "unit": "V"},
                 {"name": "flow", "address": 4, "function": "input", "type": "float32",
-                 "unit": "%"}]
+                 "unit": "%"},
+                {"name": "p2", "address": 6, "function": "input", "type": "float32"},
+                {"name": "p3", "address": 8, "function": "input", "type": "float32"}]
     await device.write("holding", 0, encode(1.5, "float32"))
-    await device.write("input", 4, encode(42.0, "float32"))
+    # the device's own error signals (Keller: NaN for a channel error, +-inf for over/underflow)
+    await device.write("input", 4, encode(42.0, "float32") + encode(math.nan, "float32")
+                       + encode(-math.inf, "float32"))
     await device.start_tcp(port)
     run = Run(adapter(port, channels))
     try:
@@ -314,12 +326,16 @@ async def test_exception_and_short_responses_are_counted_and_polling_goes_on(por
         np.testing.assert_array_equal(frame.arrays["pressure"], 1.5e5)
         np.testing.assert_array_equal(frame.arrays["flow"], 42.0)
         assert np.isnan(frame.arrays["aux"]).all()
-        assert frame.meta["failed"] == {"pressure": 0, "aux": frame.n_samples, "flow": 0}
+        n = frame.n_samples
+        assert frame.meta["failed"] == {"pressure": 0, "aux": n, "flow": 0, "p2": n, "p3": n}
+        assert np.isnan(frame.arrays["p2"]).all() and np.isnan(frame.arrays["p3"]).all()
         assert frame.meta["stale"] is True
     errors = run.adapter.errors
     assert any(f"127.0.0.1:{port} unit 1 holding register 1000 (aux): Modbus exception 2 "
                "(ILLEGAL_ADDRESS)" in e for e in errors)
-    assert run.adapter.exceptions >= 4 * 2
+    assert run.adapter.exceptions >= 4 * 2 and run.adapter.invalid_values >= 4 * 2 * 2
+    assert any("input registers 6-7 (p2): device sent nan" in e for e in errors)
+    assert any("input registers 8-9 (p3): device sent -inf" in e for e in errors)
     # a response one register short: the read is refused, named, counted; the rest still reads
     assert np.isnan(short.arrays["pressure"]).all()
     np.testing.assert_array_equal(short.arrays["flow"], 42.0)
@@ -327,7 +343,9 @@ async def test_exception_and_short_responses_are_counted_and_polling_goes_on(por
                for e in errors)
     assert run.adapter.read_errors >= 1
     np.testing.assert_array_equal(recovered.arrays["pressure"], 1.5e5)
-    assert run.adapter.rejects == run.adapter.exceptions + run.adapter.read_errors
+    counted = run.adapter.counters()
+    assert counted["rejects"] == sum(counted[k] for k in ("exceptions", "read_errors",
+                                                          "invalid_values"))
 
 
 async def test_server_stopped_and_restarted_on_the_same_port(port: int) -> None:
@@ -396,6 +414,40 @@ async def test_registers_that_stop_changing_are_stale(port: int, stale_nan: bool
     assert len(stale) == 1  # once per stale stretch, not per sample
     assert f"127.0.0.1:{port} unit 1 holding registers 0-1 (pressure)" in stale[0]
     assert "unchanged for 0.3 s" in stale[0]
+
+
+async def test_stale_check_off_with_zero(port: int) -> None:
+    device = Device()
+    await device.write("holding", 0, encode(1.0, "float32"))
+    await device.start_tcp(port)
+    run = Run(adapter(port, [{"name": "pressure", "unit": "bar"}], stale_s=0))
+    try:
+        frames = [await run.next() for _ in range(3)]
+    finally:
+        await run.stop()
+        await device.stop()
+    assert all(f.meta["frozen"] == {"pressure": 0} and not f.meta["stale"] for f in frames)
+    assert run.adapter.rejects == 0
+
+
+async def test_stale_clock_restarts_after_an_outage(port: int) -> None:
+    device = Device()
+    await device.write("holding", 0, encode(1.0, "float32"))
+    await device.start_tcp(port)
+    run = Run(adapter(port, [{"name": "pressure", "unit": "bar"}], block_s=0.1, stale_s=0.4))
+    try:
+        await run.next(lambda f: np.isfinite(f.arrays["pressure"]).all())
+        await device.stop()
+        await run.next(lambda f: f.meta["failed_polls"] == f.n_samples)
+        await asyncio.sleep(0.5)  # longer than stale_s, registers unchanged meanwhile
+        await device.start_tcp(port)
+        back = await run.next(lambda f: np.isfinite(f.arrays["pressure"]).all())
+        frozen = await run.next(lambda f: f.meta["frozen"]["pressure"] > 0)
+    finally:
+        await run.stop()
+        await device.stop()
+    assert back.meta["frozen"]["pressure"] == 0  # unchanged over the outage is not stale
+    assert frozen.seq > back.seq  # ... it is once the value is seen unchanged for stale_s
 
 
 # -- Modbus RTU ---------------------------------------------------------------------------------
