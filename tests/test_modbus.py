@@ -1,7 +1,7 @@
 """Modbus pressure adapter against pymodbus's own servers on loopback: register maps in every type,
 byte and word order (encoded here with struct), holding vs input tables, fewest requests, a value
-followed over polls, exception responses and short responses, a server stopped and restarted on
-the same port, stale values, Modbus RTU over a pty null-modem (frames and CRCs checked byte by
+followed over polls, exception responses, short responses and NaN/infinity sent by the device, a
+server stopped and restarted on the same port, stale values, Modbus RTU over a pty null-modem (frames and CRCs checked byte by
 byte) and through a socket:// gateway, and config errors naming the key."""
 
 from __future__ import annotations
