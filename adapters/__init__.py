@@ -8,6 +8,7 @@ from .base import Adapter, AdapterConfig
 
 REGISTRY: dict[str, str] = {
     "sim.potentiostat": "adapters.sim.potentiostat:SimPotentiostat",
+    "modbus.pressure": "adapters.modbus:ModbusPressureAdapter",
 }
 
 
