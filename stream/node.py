@@ -96,7 +96,7 @@ async def _cancel(tasks: list[asyncio.Task], wait_s: float = 0.5, attempts: int 
 class Node:
     def __init__(self, experiment: str, sources: list[Source], processors: list[Processor],
                  sinks: list[Sink], queue_size: int = 1024, health_interval_s: float = 5.0,
-                 handle_signals: bool = True):
+                 handle_signals: bool = True, stop_grace_s: float = 2.0):
         self.experiment = experiment
         self.sources = sources
         self.processors = processors
@@ -104,6 +104,7 @@ class Node:
         self.queue_size = queue_size
         self.health_interval_s = health_interval_s
         self.handle_signals = handle_signals
+        self.stop_grace_s = stop_grace_s
         self.tracker = SequenceTracker()
         self.stats: dict[str, StageStats] = {}
         self._input: asyncio.Queue = asyncio.Queue(maxsize=queue_size)
@@ -158,6 +159,12 @@ class Node:
         if data_tasks:
             waits.add(asyncio.gather(*data_tasks, return_exceptions=True))
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        graceful = [t for t, src in zip(source_tasks, self.sources, strict=True)
+                    if src.graceful_stop and not t.done()]
+        if graceful:  # let buffering adapters hand over their last partial block
+            for src in self.sources:
+                src.request_stop()
+            await asyncio.wait(graceful, timeout=self.stop_grace_s)
         await _cancel(source_tasks)
         stop_task.cancel()
         await self._input.put(_DONE)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from abc import ABC, abstractmethod
@@ -20,9 +21,33 @@ class Source(ABC):
     name: str = "source"
     trusted: bool = False
     auxiliary: bool = False   # a side channel (acknowledgements): the node ends with its data
+    graceful_stop: bool = False  # frames() ends by itself soon after request_stop()
+    _stop_event: asyncio.Event | None = None
 
     @abstractmethod
     def frames(self) -> AsyncIterator[Frame]: ...
+
+    def request_stop(self) -> None:
+        """The node is stopping: a ``graceful_stop`` source yields what it still holds (a
+        partly filled block) and ends; the node cancels it after its grace period."""
+        self._stopper().set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_event is not None and self._stop_event.is_set()
+
+    async def sleep_or_stop(self, seconds: float) -> bool:
+        """Sleep, waking early when a stop is requested; True if it was."""
+        stopper = self._stopper()
+        if not stopper.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopper.wait(), max(seconds, 0.0))
+        return stopper.is_set()
+
+    def _stopper(self) -> asyncio.Event:
+        if self._stop_event is None:
+            self._stop_event = asyncio.Event()
+        return self._stop_event
 
     def counters(self) -> dict[str, int]:
         return {}

@@ -212,3 +212,38 @@ def test_signal_stops_cleanly_and_flushes_sinks(tmp_path: Path, sig: int) -> Non
     n_raw = sum(f.kind == "echem" for f in frames)
     lines = (tmp_path / "results.lp").read_text().splitlines()
     assert n_raw > 10 and sum(line.startswith("result_echem") for line in lines) == n_raw
+
+
+class BufferingSource(Source):
+    """Collects one sample per tick into blocks of ``block`` samples, as a polled instrument
+    adapter does; on a stop request it hands over the partial block and ends."""
+
+    graceful_stop = True
+
+    def __init__(self, block: int = 100, tick_s: float = 0.01):
+        self.block, self.tick_s, self.samples = block, tick_s, 0
+
+    async def frames(self):
+        seq, pending = 0, []
+        while True:
+            stopping = await self.sleep_or_stop(self.tick_s)
+            if not stopping:
+                pending.append(float(self.samples))
+                self.samples += 1
+            if pending and (stopping or len(pending) == self.block):
+                yield echem_frame(seq=seq, n=len(pending))
+                seq, pending = seq + 1, []
+            if stopping:
+                return
+
+
+async def test_stop_lets_buffering_sources_hand_over_their_partial_block() -> None:
+    source, sink = BufferingSource(), CollectSink()
+    node = Node("exp1", [source, ListSource([])], [], [sink], handle_signals=False)
+    task = asyncio.create_task(node.run())
+    await asyncio.sleep(0.35)  # a few samples into the first block
+    node.stop()
+    await asyncio.wait_for(task, 10)
+    assert source.samples > 0
+    echem = [f for f in sink.frames if f.kind == "echem"]
+    assert sum(f.n_samples for f in echem) == source.samples  # none lost at the stop
