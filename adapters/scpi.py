@@ -229,8 +229,9 @@ class ScpiAdapter(Adapter):
         self._names = [f.name for f in c.fields if f.name != SKIP]
         self._time_column = None if c.time_field is None else self._names.index(c.time_field)
         self._channels = [(name, j) for j, name in enumerate(self._names) if name != c.time_field]
+        channel_names = {name for name, _ in self._channels}
         self.units = {"t": "s", **{f.name: f.unit for f in c.fields
-                                   if f.name in dict(self._channels) and f.unit}}
+                                   if f.name in channel_names and f.unit}}
         self._block_samples = max(1, round(c.block_s * c.poll_hz))
         self.stats = dict.fromkeys(("samples", "timeouts", "reconnects", "connect_failures",
                                     "instrument_errors", "overflows", "stale", "stale_replies"), 0)

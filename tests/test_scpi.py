@@ -240,16 +240,30 @@ def assert_prefix(got: np.ndarray, sent: np.ndarray) -> None:
     np.testing.assert_array_equal(got, sent[:len(got)])
 
 
+def assert_on_host_time_base(frame: Frame) -> None:
+    """The estimated offset is the lower envelope of receive - instrument time, so the corrected
+    start is never after its reply arrived (within the float offset's 1 us resolution) and not
+    long before."""
+    lag_ns = frame.meta["clock"]["host_receive_ns"] - frame.t0_ns
+    assert -1_000 <= lag_ns < 200_000_000
+
+
 # -- over TCP: values, time base, init -------------------------------------------------------------
 @pytest.mark.parametrize("time_field", [None, "time"])
 async def test_readings_over_tcp_match_the_instrument(smu: SmuServer, port: int,
                                                       time_field: str | None):
     fields = ["voltage", "current", "time" if time_field else "_"]
-    adapter = ScpiAdapter(STREAM, tcp_config(port, fields=fields, time_field=time_field))
+    adapter = ScpiAdapter(STREAM, tcp_config(port, fields=fields, time_field=time_field,
+                                             final=[":OUTP OFF"]))
     before_ns = time.time_ns()
     frames = await run_until(adapter, lambda f: len(f) >= 6)
     after_ns = time.time_ns()
     inst = smu.instrument
+    for _ in range(100):   # the final command, sent as the adapter stopped
+        if inst.commands[-1] == ":OUTP OFF":
+            break
+        await asyncio.sleep(0.02)
+    assert inst.commands[-1] == ":OUTP OFF" and inst.commands.count(":OUTP OFF") == 1
 
     assert_prefix(published(frames, "voltage"), inst.published("voltage"))
     np.testing.assert_array_equal(published(frames, "current"), 0.00125)  # set by init
@@ -266,7 +280,8 @@ async def test_readings_over_tcp_match_the_instrument(smu: SmuServer, port: int,
         assert frame.units == {"t": "s", "voltage": "V", "current": "A"}
         assert frame.meta["idn"] == IDN
         assert 1 <= frame.n_samples <= 5
-        assert np.all(np.diff(frame.arrays["t"]) > 0)
+        steps = np.diff(frame.arrays["t"])   # instrument timestamps: 1 ms resolution
+        assert np.all(steps > 0) if time_field is None else np.all(steps >= 0)
     starts = [f.t0_ns for f in frames]
     assert starts == sorted(starts)
     clock = frames[0].meta["clock"]
@@ -280,8 +295,30 @@ async def test_readings_over_tcp_match_the_instrument(smu: SmuServer, port: int,
             [f.meta["clock"]["instrument_t0_ns"] * 1e-9 for f in frames],
             [f.n_samples for f in frames]), times, rtol=0, atol=1e-9)
         assert clock["instrument_t0_ns"] == round(times[0] * 1e9)
-        for frame in frames:   # lower envelope: never after the reply arrived
-            assert 0 <= frame.meta["clock"]["host_receive_ns"] - frame.t0_ns < 200_000_000
+        for frame in frames:
+            assert_on_host_time_base(frame)
+
+
+async def test_instrument_clock_restart_restarts_the_estimate(smu: SmuServer, port: int):
+    inst = smu.instrument
+    inst.started -= 1000.0   # the SMU has been on for 1000 s; then its timestamp is reset
+    adapter = ScpiAdapter(STREAM, tcp_config(port, time_field="time"))
+    reset_at: list[int] = []
+
+    def reset_then_wait(frames: list[Frame]) -> bool:
+        if len(frames) >= 3 and not reset_at:
+            inst.started = time.monotonic()
+            reset_at.append(len(inst.readings))
+        return bool(reset_at) and sum(f.n_samples for f in frames) >= reset_at[0] + 10
+
+    frames = await run_until(adapter, reset_then_wait)
+    assert_prefix(published(frames, "voltage"), inst.published("voltage"))
+    raw_t0 = [f.meta["clock"]["instrument_t0_ns"] * 1e-9 for f in frames]
+    assert raw_t0[0] > 1000 and raw_t0[-1] < 10      # both clocks seen, no block spans both
+    for frame in frames:   # on the host time base throughout: the old offset was dropped
+        assert_on_host_time_base(frame)
+    # non-decreasing: the instrument's timestamps have 1 ms resolution at 1000 s
+    assert all(np.all(np.diff(f.arrays["t"]) >= 0) for f in frames)
 
 
 # -- bad input ------------------------------------------------------------------------------------
@@ -373,6 +410,12 @@ async def test_wrong_instrument_is_refused(smu: SmuServer, port: int):
     assert frames == [] and ":READ?" not in smu.instrument.commands
     assert "'*IDN?': reply" in adapter.errors[0] and "does not contain 'MODEL 6517'" in \
         adapter.errors[0]
+
+
+async def test_unknown_backend_fails_the_source():
+    adapter = ScpiAdapter(STREAM, ScpiConfig(backend="@nonexistent"))
+    with pytest.raises(ValueError, match="nonexistent"):
+        await run_until(adapter, lambda f: False, timeout_s=5.0)
 
 
 async def test_unreachable_instrument_backs_off(port: int):
