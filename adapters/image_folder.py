@@ -62,6 +62,7 @@ class _Image:
     data: np.ndarray
     index: int
     header: dict[str, str]
+    in_stack: bool = False   # one of several images in its file (an HDF5 stack, multi-frame EDF)
 
 
 @dataclass
@@ -116,7 +117,8 @@ def read_fabio(path: Path, header_keys: list[str] | None = None) -> list[_Image]
         raise IncompleteImage(str(path), f"fabio cannot read it ({type(exc).__name__}: "
                                          f"{exc})") from None
     out = []
-    for index in range(max(1, int(getattr(img, "nframes", 1) or 1))):
+    count = max(1, int(getattr(img, "nframes", 1) or 1))
+    for index in range(count):
         try:
             frame = img if index == 0 else img.getframe(index)
             data = frame.data
@@ -126,7 +128,7 @@ def read_fabio(path: Path, header_keys: list[str] | None = None) -> list[_Image]
         if getattr(frame, "incomplete_file", False) or getattr(frame, "incomplete_data", False):
             raise IncompleteImage(f"{path} frame {index}", "data stream incomplete")
         out.append(_Image(_check_image(data, f"{path} frame {index}"), index,
-                          _short_header(frame.header, header_keys)))
+                          _short_header(frame.header, header_keys), count > 1))
     return out
 
 
@@ -139,10 +141,12 @@ def read_hdf5(path: Path, dataset: str, start: int, max_bytes: int = _BATCH_BYTE
     with contextlib.suppress(ImportError):
         import hdf5plugin  # noqa: F401 - registers the bitshuffle/LZ4 filters of Eiger files
     try:
-        with h5py.File(path, "r", locking=False) as f:
+        # swmr: a file writer in SWMR mode may hold the file open while we read
+        with h5py.File(path, "r", swmr=True, locking=False) as f:
             if dataset not in f:
                 raise IncompleteImage(str(path), f"no dataset {dataset!r}")
             ds = f[dataset]
+            ds_ndim = ds.ndim
             if ds.ndim == 2:
                 count, images = 1, ([ds[()]] if start == 0 else [])
             elif ds.ndim == 3:
@@ -158,8 +162,8 @@ def read_hdf5(path: Path, dataset: str, start: int, max_bytes: int = _BATCH_BYTE
     except Exception as exc:  # noqa: BLE001 - h5py raises OSError, KeyError, ... mid-write
         raise IncompleteImage(str(path), f"h5py cannot read it ({type(exc).__name__}: "
                                          f"{exc})") from None
-    out = [_Image(_check_image(data, f"{path}:{dataset}[{start + i}]"), start + i, {})
-           for i, data in enumerate(images)]
+    out = [_Image(_check_image(data, f"{path}:{dataset}[{start + i}]"), start + i, {},
+                  ds_ndim == 3) for i, data in enumerate(images)]
     return out, count
 
 
@@ -279,7 +283,7 @@ class ImageFolderAdapter(Adapter):
 
     def _frame(self, w: _Watched, image: _Image, count: int, mtime_ns: int) -> Frame:
         meta: dict[str, Any] = {"file": w.path.name}
-        if count > 1:
+        if image.in_stack:
             meta.update(index=image.index, images=count)
         if image.header:
             meta["header"] = image.header

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -356,6 +357,47 @@ async def test_v1_wrong_sizes_and_header_problems(port: int, detector: Detector)
     assert "wavelength_m" not in frames[1].meta and frames[0].meta["wavelength_m"] > 0
 
 
+async def test_v1_detector_restart_the_consumer_reconnects(port: int) -> None:
+    image = np.full((8, 8), 3, "<u2")
+    adapter = stream_adapter(port)
+    task = asyncio.create_task(consume(adapter, 2))
+    first = Detector(port)
+    await first.header(1, "none")
+    await first.image(1, 0, image)
+    await asyncio.sleep(0.3)
+    first.close()                       # the DCU restarts: a new socket on the same port
+    await asyncio.sleep(0.2)
+    second = Detector(port)
+    try:
+        await second.header(2, "none")
+        await second.image(2, 0, image)
+        frames = await task
+    finally:
+        second.close()
+    assert [(f.meta["series"], f.meta["frame"]) for f in frames] == [(1, 0), (2, 0)]
+    assert adapter.rejects == 1 and "series 1 was not ended" in adapter.errors[0]
+
+
+def test_configs_build_as_the_node_does(tmp_path: Path) -> None:
+    """``cls(stream, cls.Config.model_validate(params))``, as stream.build does it."""
+    for cls, params in ((DectrisStreamAdapter, {"endpoint": "tcp://10.0.0.20:31001",
+                                                "channels": ["threshold_1"],
+                                                "clock": {"offset_s": 1.5}}),
+                        (ImageFolderAdapter, {"directory": str(tmp_path), "pattern": "*.cbf",
+                                              "follow": False, "settle_s": 0.5})):
+        adapter = cls(STREAM, cls.Config.model_validate(params))
+        assert adapter.type_name in ("dectris.stream", "detector.folder")
+        with pytest.raises(ValueError, match="extra"):
+            cls.Config.model_validate({**params, "no_such_key": 1})
+    assert adapter.timebase.mode == "instrument"    # the folder replay
+    folder = ImageFolderAdapter(STREAM, ImageFolderAdapter.Config.model_validate(
+        {"directory": str(tmp_path), "follow": False, "clock": {"offset_s": 2.0}}))
+    assert folder.timebase.mode == "fixed"          # a configured offset wins
+    live = ImageFolderAdapter(STREAM, ImageFolderAdapter.Config.model_validate(
+        {"directory": str(tmp_path)}))
+    assert live.timebase.mode == "estimate"
+
+
 def _valid_v1(frame: int) -> list[bytes]:
     image = np.arange(6, dtype="<u2").reshape(2, 3)
     return [json.dumps({"htype": "dimage-1.0", "series": 1, "frame": frame}).encode(),
@@ -364,10 +406,20 @@ def _valid_v1(frame: int) -> list[bytes]:
             image.tobytes(), json.dumps({"htype": "dconfig-1.0", "start_time": frame}).encode()]
 
 
+def cbor_control(parts: list[bytes]) -> bool:
+    """A v2 start or end message that random bytes happen to spell (valid, no frame)."""
+    try:
+        msg = cbor2.loads(parts[0])
+    except Exception:  # noqa: BLE001
+        return False
+    return isinstance(msg, dict) and msg.get("type") in ("start", "end")
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.one_of(
     st.lists(st.binary(max_size=64), min_size=1, max_size=6),     # garbage parts
     st.tuples(st.integers(0, 3), st.integers(0, 40), st.binary(max_size=8)),  # mutated valid
+    st.binary(max_size=64).map(lambda b: [b"\xd9\xd9\xf7" + b]),  # garbage after the CBOR tag
     st.just("header"), st.just("end")), max_size=20))
 def test_garbage_never_breaks_the_consumer(messages: list[Any]) -> None:
     adapter = DectrisStreamAdapter(STREAM)
@@ -391,7 +443,7 @@ def test_garbage_never_breaks_the_consumer(messages: list[Any]) -> None:
             frame.validate()
             assert frame.arrays["image"].shape == (2, 3)
         assert out or adapter.rejects > before or parts[0].startswith(b'{"htype": "dheader') \
-            or parts[0].startswith(b'{"htype": "dseries_end')
+            or parts[0].startswith(b'{"htype": "dseries_end') or cbor_control(parts)
     assert adapter.messages == len(messages)
     assert adapter.rejects == len(adapter.errors) or len(adapter.errors) == 100
 
@@ -612,6 +664,45 @@ async def test_folder_hdf5_stack_one_frame_per_image_and_growth(tmp_path: Path) 
         np.testing.assert_array_equal(frame.arrays["image"], image)
     # live: the clock model estimates the offset of the mtimes
     assert collected[0].meta["clock"]["mode"] == "estimate"
+
+
+SWMR_WRITER = """
+import sys, time
+import h5py, numpy as np
+path, n, pause = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+stack = np.random.default_rng(11).poisson(6, (n, 24, 32)).astype("<u2")
+with h5py.File(path, "w", libver="latest") as f:
+    ds = f.create_dataset("entry/data/data", shape=(0, 24, 32), maxshape=(None, 24, 32),
+                          dtype="<u2", chunks=(1, 24, 32))
+    f.swmr_mode = True
+    for i in range(n):
+        ds.resize(i + 1, axis=0)
+        ds[i] = stack[i]
+        ds.flush()
+        time.sleep(pause)
+    print("written", flush=True)
+    time.sleep(pause)
+"""
+
+
+async def test_folder_hdf5_swmr_writer_holding_the_file_open(tmp_path: Path) -> None:
+    path = tmp_path / "swmr_0001.h5"
+    writer = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", SWMR_WRITER, str(path), "5", "0.25",
+        stdout=asyncio.subprocess.PIPE)
+    adapter = folder_adapter(tmp_path, settle_s=0.1)
+    try:
+        frames = await consume(adapter, 5)
+    finally:
+        out, _ = await writer.communicate()
+    assert out.strip() == b"written"
+    expected = np.random.default_rng(11).poisson(6, (5, 24, 32)).astype("<u2")
+    assert [f.meta["index"] for f in frames] == [0, 1, 2, 3, 4]
+    for frame, image in zip(frames, expected, strict=True):
+        np.testing.assert_array_equal(frame.arrays["image"], image)
+    # read while the writer still appended: some images came before the stack was complete
+    assert frames[0].meta["images"] < 5
+    assert adapter.rejects == 0, adapter.errors
 
 
 async def test_folder_start_from_now_and_order_by_mtime(tmp_path: Path) -> None:
