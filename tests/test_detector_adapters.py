@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -724,6 +725,41 @@ async def test_folder_start_from_now_and_order_by_mtime(tmp_path: Path) -> None:
     np.testing.assert_array_equal(frames[0].arrays["image"], images[2])
     np.testing.assert_array_equal(frames[1].arrays["image"], images[1])
     assert adapter.rejects == 0 and "old.edf" not in [f.meta["file"] for f in frames]
+
+
+SMALL_IMAGE = (np.arange(40 * 50, dtype="<i4").reshape(40, 50) * 7919) % 100_003 - 2
+
+
+def _small_image_file(kind: str) -> bytes:
+    """SMALL_IMAGE written by fabio as a TIFF, CBF or EDF file."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"small.{kind}"
+        {"tif": fabio.tifimage.TifImage, "cbf": fabio.cbfimage.CbfImage,
+         "edf": fabio.edfimage.EdfImage}[kind](data=SMALL_IMAGE).write(str(path))
+        return path.read_bytes()
+
+
+SMALL_FILES: dict[str, bytes] = {}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(["tif", "cbf", "edf"]), cut=st.floats(0.0, 1.0, exclude_max=True))
+def test_truncated_files_are_never_published_partial(tmp_path: Path, kind: str,
+                                                     cut: float) -> None:
+    data = SMALL_FILES.setdefault(kind, _small_image_file(kind))
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))   # tmp_path is shared by the examples
+    (folder / f"cut.{kind}").write_bytes(data[: int(len(data) * cut)])
+    adapter = folder_adapter(folder, follow=False)
+
+    async def read() -> list[Frame]:
+        return [frame async for frame in adapter.frames()]
+
+    frames = asyncio.run(read())
+    if frames:   # a cut in trailing padding may leave a whole image: then it is exact
+        (frame,) = frames
+        np.testing.assert_array_equal(frame.arrays["image"], SMALL_IMAGE)
+    else:
+        assert adapter.rejects == 1 and str(folder / f"cut.{kind}") in adapter.errors[0]
 
 
 async def test_folder_incomplete_edf_is_not_published_padded(tmp_path: Path) -> None:
