@@ -285,7 +285,7 @@ class TableReader:
         self.utc_offset_h = utc_offset_h
         self.now_ns = now_ns
         self.errors: list[TabularError] = []
-        self.files = 0
+        self.files = 0                # files read so far (the frames' meta file_number)
         self.restart(path)
 
     # -- state per file ---------------------------------------------------------------------
@@ -293,7 +293,6 @@ class TableReader:
         """A new file (rotation, replacement, the next file of a sequence): header again."""
         if path is not None:
             self.path = Path(path)
-        self.files += 1
         self.header: TableHeader | None = None
         self.columns: list[Column] = []
         self.broken = False           # the header was bad: skip this file's lines
@@ -319,7 +318,10 @@ class TableReader:
             lines, first_line = lines[used:], first_line + used
             if self.header is None or not lines:
                 return None
-        return self._parse(lines, first_line)
+        before = len(self.errors)
+        rows = self._parse(lines, first_line)
+        self.errors[before:] = sorted(self.errors[before:], key=lambda e: e.line or 0)
+        return rows
 
     def finish(self, partial: bytes, line: int) -> Rows | None:
         """End of the current file: its last line had no newline (``partial``, may be empty).
@@ -334,6 +336,8 @@ class TableReader:
         """Header lines until the format has its header; returns how many lines it took."""
         for k, raw in enumerate(lines):
             number = first_line + k
+            if not self._header_lines:
+                self.files += 1  # a file with content: the n-th one read
             if number == 1 and raw.startswith(_BOM):
                 raw = raw[len(_BOM):]
             try:
@@ -549,7 +553,8 @@ class TableReader:
                 arrays[col.name] = scaled[col.name]
             elif col.role == "meta":
                 segments[col.name] = scaled[col.name]
-        meta = {"source": self.path.name, "start_source": self._origin[1], **self.header.meta}
+        meta = {"source": self.path.name, "file_number": self.files,
+                "start_source": self._origin[1], **self.header.meta}
         return Rows(arrays, segments, numbers, self._origin[0], self._units, meta)
 
     def _resolve_origin(self, values: dict[str, np.ndarray], t_first: float) -> tuple[int, str]:
