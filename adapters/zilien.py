@@ -16,22 +16,37 @@ base with it (``t_zilien = t_eclab + offset``), not with the two absolute clocks
 
 The row parser (``RaggedTable``) is shared with the ixdat CSV reader: it takes lines in chunks
 with their line numbers, so a live follower can feed it the lines appended to a growing file.
+
+``ZilienAdapter`` (type ``zilien.tsv``) follows a TSV as Zilien writes it (or reads it once):
+``ms.ion_current`` blocks of complete scans, and ``echem`` blocks from the v2 embedded EC-lab
+series, the EC-Lab ``.mpt`` files beside the TSV (followed too, moved by the recorded offset)
+or Zilien's own read-out. ``FollowedFileAdapter`` and ``LineReader`` are the follow/replay
+machinery it shares with ``adapters.pfeiffer``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import Field, field_validator
 
-from adapters.biologic import MptData, read_mpt
 from stream.frame import Frame
+
+from .base import Adapter, AdapterConfig
+from .biologic import ENCODING, STANDARD_COLUMNS, MptData, read_mpt
+from .follow import FileFollower
+from .timebase import ClockModel
+
+log = logging.getLogger(__name__)
 
 OFFSET_SOURCE_RECORDED = "recorded metadata 'offset (time - EC-Lab time)'"
 OFFSET_SOURCE_CLOCKS = "absolute clocks (Zilien start vs .mpt 'Acquisition started on')"
@@ -47,11 +62,13 @@ class TableError(ValueError):
     def __init__(self, path: Path | str, line: int | None, reason: str,
                  column: int | None = None, column_name: str | None = None):
         self.path, self.line, self.column, self.column_name = Path(path), line, column, column_name
+        self.reason = reason
         where = f"{path}"
         if line is not None:
             where += f": line {line}"
         if column is not None:
             where += f", column {column}" + (f" ({column_name!r})" if column_name else "")
+        self.where = where
         super().__init__(f"{where}: {reason}")
 
 
@@ -70,10 +87,13 @@ def _cell_number(text: str) -> float:
     return float(text) if text else math.nan
 
 
+MAX_TIME_S = 1e11   # a series time beyond about 3,000 years is garbage
+
+
 class RaggedTable:
     """Rows of a table whose series each have their own time column. A series' cells in a row
-    are padding when its time cell is empty or NaN. Feed lines with ``add_lines`` (any chunking)
-    and read the arrays with ``series``."""
+    are padding when its time cell is empty or NaN; each series' times must not go back. Feed
+    lines with ``add_lines`` (any chunking) and read the arrays with ``series`` or ``take``."""
 
     def __init__(self, path: Path | str, columns: list[str], series: list[SeriesLayout],
                  separator: str = "\t"):
@@ -82,28 +102,55 @@ class RaggedTable:
         self.layout = series
         self.separator = separator
         self._rows: dict[str, list[list[float]]] = {s.name: [] for s in series}
+        self._last_time: dict[str, float] = {}
 
-    def add_lines(self, lines: Iterable[str], first_line: int) -> None:
+    def add_lines(self, lines: Iterable[str], first_line: int,
+                  on_error: Callable[[TableError], None] | None = None) -> int:
         """Parse data lines; ``first_line`` is the 1-based line number of the first one.
-        Blank lines are skipped; a short or garbled row raises TableError."""
-        n_columns = len(self.columns)
+        Blank lines are skipped. A short or garbled row raises TableError, or with ``on_error``
+        is handed to it and skipped whole (no series keeps a part of it). Returns how many
+        rows were taken."""
+        taken = 0
         for number, line in enumerate(lines, start=first_line):
             if not line.strip():
                 continue
-            cells = line.rstrip("\r\n").split(self.separator)
-            if len(cells) < n_columns:
-                raise TableError(self.path, number, f"{len(cells)} fields, expected {n_columns} "
-                                 "(truncated row?)")
-            for s in self.layout:
-                t = self._number(cells, s.time_column, number)
-                if math.isnan(t):  # padding: the other cells must be padding too
-                    for i in s.value_columns.values():
-                        if not math.isnan(self._number(cells, i, number)):
-                            raise TableError(self.path, number, "value without a time",
-                                             i + 1, self.columns[i])
-                    continue
-                row = [t] + [self._number(cells, i, number) for i in s.value_columns.values()]
-                self._rows[s.name].append(row)
+            try:
+                rows = self._parse_row(line, number)
+            except TableError as exc:
+                if on_error is None:
+                    raise
+                on_error(exc)
+                continue
+            for name, row in rows:
+                self._rows[name].append(row)
+                self._last_time[name] = row[0]
+            taken += 1
+        return taken
+
+    def _parse_row(self, line: str, number: int) -> list[tuple[str, list[float]]]:
+        n_columns = len(self.columns)
+        cells = line.rstrip("\r\n").split(self.separator)
+        if len(cells) < n_columns:
+            raise TableError(self.path, number, f"{len(cells)} fields, expected {n_columns} "
+                             "(truncated row?)")
+        rows = []
+        for s in self.layout:
+            t = self._number(cells, s.time_column, number)
+            if math.isnan(t):  # padding: the other cells must be padding too
+                for i in s.value_columns.values():
+                    if not math.isnan(self._number(cells, i, number)):
+                        raise TableError(self.path, number, "value without a time",
+                                         i + 1, self.columns[i])
+                continue
+            if not abs(t) < MAX_TIME_S or t < self._last_time.get(s.name, -math.inf):
+                last = self._last_time.get(s.name)
+                reason = f"time {t!r} s is out of range" if not abs(t) < MAX_TIME_S else \
+                    f"time {t!r} s goes back (the series' previous time is {last!r} s)"
+                raise TableError(self.path, number, reason, s.time_column + 1,
+                                 self.columns[s.time_column])
+            rows.append((s.name, [t] + [self._number(cells, i, number)
+                                        for i in s.value_columns.values()]))
+        return rows
 
     def _number(self, cells: list[str], index: int, line: int) -> float:
         try:
@@ -120,6 +167,12 @@ class RaggedTable:
         s = next(x for x in self.layout if x.name == name)
         table = np.array(self._rows[name], dtype=np.float64).reshape(-1, 1 + len(s.value_columns))
         return table[:, 0], {c: table[:, k + 1] for k, c in enumerate(s.value_columns)}
+
+    def take(self, name: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``series(name)`` of the rows added since the last ``take``; they are dropped."""
+        out = self.series(name)
+        self._rows[name] = []
+        return out
 
 
 def group_columns(names_row: list[str], columns: list[str]) -> list[SeriesLayout]:
@@ -362,15 +415,15 @@ def clock_alignment(zf: ZilienFile, mpt: MptData) -> ClockAlignment:
 
 # -- frames -----------------------------------------------------------------------------------
 
-def ion_current_frame(channels: dict[float, tuple[np.ndarray, np.ndarray]], stream: str,
-                      seq: int, origin_ns: int, meta: dict[str, Any]) -> Frame:
-    """One ``ms.ion_current`` frame from per-channel (time after ``origin_ns`` in s, current in A):
+def ion_current_arrays(channels: dict[float, tuple[np.ndarray, np.ndarray]]
+                       ) -> tuple[float, dict[str, np.ndarray], dict[str, str]]:
+    """The arrays of an ``ms.ion_current`` block from per-channel (time in s, current in A):
     ``t`` is each scan's earliest channel time, ``m<mz>`` the ion currents and ``t_m<mz>`` each
-    channel's own sample times (all relative to ``t0_ns``). Only complete scans (as many as the
-    shortest channel holds) are included."""
+    channel's own sample times, all relative to the first scan's time, which is returned too.
+    Only complete scans (as many as the shortest channel holds) are included."""
     n = min(len(t) for t, _ in channels.values())
     if n == 0:
-        raise ValueError(f"{stream}: the mass channels hold no samples")
+        raise ValueError("the mass channels hold no samples")
     t_scan = np.min([t[:n] for t, _ in channels.values()], axis=0)
     t_first = float(t_scan[0])
     arrays: dict[str, np.ndarray] = {"t": t_scan - t_first}
@@ -379,6 +432,17 @@ def ion_current_frame(channels: dict[float, tuple[np.ndarray, np.ndarray]], stre
         name = f"m{mz:g}"
         arrays[name], arrays[f"t_{name}"] = current[:n], t[:n] - t_first
         units[name], units[f"t_{name}"] = "A", "s"
+    return t_first, arrays, units
+
+
+def ion_current_frame(channels: dict[float, tuple[np.ndarray, np.ndarray]], stream: str,
+                      seq: int, origin_ns: int, meta: dict[str, Any]) -> Frame:
+    """One ``ms.ion_current`` frame (see ``ion_current_arrays``) from per-channel times after
+    ``origin_ns``."""
+    try:
+        t_first, arrays, units = ion_current_arrays(channels)
+    except ValueError as exc:
+        raise ValueError(f"{stream}: {exc}") from None
     return Frame(stream, "ms.ion_current", seq, origin_ns + round(t_first * 1e9), arrays, units,
                  {**meta, "masses": [float(m) for m in channels]})
 
@@ -425,3 +489,552 @@ def zilien_frames(path: str | Path, experiment: str, cell: str,
         frames.append(echem_frame(zf, read_mpt(mpt_path), f"{experiment}/{cell}/{ec_instrument}",
                                   seq))
     return frames
+
+
+# -- followed files: the machinery the Zilien and Pfeiffer adapters share ---------------------
+
+LOG_FIRST_REJECTS = 20      # every reject is logged up to this many, then one in LOG_EVERY
+LOG_EVERY_REJECTS = 1000
+
+
+class FollowedFileConfig(AdapterConfig):
+    path: str = Field("", validate_default=True)  # the file to read (required)
+    follow: bool = True                   # follow the file as it is written; false: read it once
+    poll_s: float = Field(0.2, gt=0)      # following: how often to look for new data
+    idle_timeout_s: float | None = None   # following: stop after this long without new data
+
+    @field_validator("path")
+    @classmethod
+    def _path_given(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("required: the file to read")
+        return value
+
+
+class FollowedFileAdapter(Adapter):
+    """A vendor file followed while the instrument program writes it (``follow = true``: the
+    clock model estimates the instrument clock against the receive time) or read once as a
+    replay (``follow = false``: the instrument's own clock, unless the config sets an offset or
+    a clock mode). Subclasses implement ``poll``."""
+
+    Config: ClassVar[type[AdapterConfig]] = FollowedFileConfig
+    config: FollowedFileConfig
+
+    def __init__(self, stream: str, config: FollowedFileConfig | None = None):
+        super().__init__(stream, config)
+        clock = self.config.clock
+        if not self.config.follow and clock.offset_s is None \
+                and "mode" not in clock.model_fields_set:
+            self.timebase = ClockModel(clock.model_copy(update={"mode": "instrument"}))
+        self.path = Path(self.config.path)
+        self.stop = asyncio.Event()
+        self.restarts = 0
+        self.rows_read = 0     # data rows (text) or scans (binary) accepted
+
+    def poll(self, final: bool) -> tuple[list[Frame], bool]:
+        """The frames from what the file gained, and whether anything arrived. ``final``: no
+        more data will come (the end of a replay, or the follow timed out), so an unfinished
+        last line is a row and the end-of-file checks run."""
+        raise NotImplementedError
+
+    async def frames(self) -> AsyncIterator[Frame]:
+        c = self.config
+        if not c.follow:
+            if not self.path.is_file():
+                self.bad(str(self.path), "file not found")
+                return
+            for frame in self.poll(final=True)[0]:
+                yield frame
+            return
+        idle = 0.0
+        while not self.stop.is_set():
+            frames, active = self.poll(final=False)
+            for frame in frames:
+                yield frame
+            if active:
+                idle = 0.0
+                await asyncio.sleep(0)
+                continue
+            if c.idle_timeout_s is not None and idle >= c.idle_timeout_s:
+                for frame in self.poll(final=True)[0]:
+                    yield frame
+                return
+            await asyncio.sleep(c.poll_s)
+            idle += c.poll_s
+
+    def bad(self, where: str, reason: str) -> None:
+        """Count a bad input (``where``: file and line/column, scan, ...) and log it, the first
+        ``LOG_FIRST_REJECTS`` and then one in ``LOG_EVERY_REJECTS``."""
+        message = self.reject(where, reason)
+        if self.rejects <= LOG_FIRST_REJECTS or self.rejects % LOG_EVERY_REJECTS == 0:
+            log.warning("%s (reject %d)", message, self.rejects)
+
+    def bad_table(self, exc: TableError) -> None:
+        self.bad(exc.where, exc.reason)
+
+    def frame_on(self, stream: str, kind: str, instrument_t0_ns: int,
+                 arrays: dict[str, np.ndarray], units: dict[str, str],
+                 meta: dict[str, Any]) -> Frame:
+        """``make_frame`` for a stream other than the adapter's own (one file, two streams)."""
+        frame = self.make_frame(kind, instrument_t0_ns, arrays, units, meta)
+        frame.stream = stream
+        return frame
+
+    def counters(self) -> dict[str, int]:
+        return {**super().counters(), "rows": self.rows_read, "file_restarts": self.restarts}
+
+
+class LineReader:
+    """The complete lines a followed text file gained, decoded; with ``final`` (the file is
+    complete) also its last line if it has no newline, once."""
+
+    def __init__(self, path: Path, encoding: str):
+        self.follower = FileFollower(path)
+        self.encoding = encoding
+        self._flushed_line = 0      # the unfinished last line already returned
+
+    def read(self, final: bool) -> tuple[list[str], int, bool]:
+        """(lines, 1-based number of the first, whether the file was replaced before them)."""
+        chunk = self.follower.read_lines()
+        if chunk.restarted:
+            self._flushed_line = 0
+        lines = chunk.lines
+        last = chunk.first_line + len(lines)
+        if final and self.follower.pending_partial() and self._flushed_line != last:
+            lines = [*lines, self.follower.pending_partial()]
+            self._flushed_line = last
+        return ([line.decode(self.encoding, errors="replace") for line in lines],
+                chunk.first_line, chunk.restarted)
+
+
+class TextFileAdapter(FollowedFileAdapter):
+    """A followed text file that starts with a header. Subclasses parse the header
+    (``read_header``: None while more lines are needed, TableError for a file it cannot be),
+    set up for it (``start_file``: False refuses the file) and turn data lines into frames
+    (``rows``). A refused or broken file is skipped until a new one replaces it."""
+
+    def __init__(self, stream: str, config: FollowedFileConfig | None, encoding: str):
+        super().__init__(stream, config)
+        self._lines = LineReader(self.path, encoding)
+        self.new_file()
+
+    def new_file(self) -> None:
+        """Forget the current file (the start, or the file was replaced)."""
+        self.header: Any = None
+        self._head: list[str] = []
+        self._dead = False
+
+    def read_header(self, lines: list[str]) -> Any:
+        raise NotImplementedError
+
+    def start_file(self, header: Any) -> bool:
+        return True
+
+    def rows(self, lines: list[str], first_line: int) -> list[Frame]:
+        raise NotImplementedError
+
+    def file_replaced(self) -> list[Frame]:
+        """The last frames of a file that another one replaced."""
+        return []
+
+    def poll(self, final: bool) -> tuple[list[Frame], bool]:
+        frames, active = self.read_text(final)
+        if final:
+            self.end_of_file()
+        return frames, active
+
+    def read_text(self, final: bool) -> tuple[list[Frame], bool]:
+        lines, first_line, restarted = self._lines.read(final)
+        frames = []
+        if restarted:
+            frames += self.file_replaced()
+            self.restarts += 1
+            self.new_file()
+        if lines:
+            frames += self.feed(lines, first_line)
+        return frames, bool(lines) or restarted
+
+    def feed(self, lines: list[str], first_line: int) -> list[Frame]:
+        """Frames from decoded lines; ``first_line`` is the 1-based number of the first (the
+        header is read from line 1 on)."""
+        if self._dead:
+            return []
+        if self.header is None:
+            self._head.extend(lines)
+            try:
+                header = self.read_header(self._head)
+            except TableError as exc:
+                self.bad_table(exc)
+                self._dead = True
+                return []
+            if header is None:
+                return []
+            first_line = header.data_start_line
+            lines, self._head = self._head[first_line - 1:], []
+            if not self.start_file(header):
+                self._dead = True
+                return []
+            self.header = header
+        return self.rows(lines, first_line)
+
+    def end_of_file(self) -> None:
+        """Checks once the file is complete (subclasses add theirs)."""
+        if self.header is None and self._head and not self._dead:
+            self.bad(f"{self.path}: line {len(self._head)}",
+                     "the file ends inside its header (truncated?)")
+
+
+# -- EC-Lab files followed beside the TSV -------------------------------------------------------
+
+_NB_HEADER_LINES = re.compile(r"Nb header lines\s*:\s*(\d+)")
+
+
+class MptTail:
+    """An EC-Lab ``.mpt`` followed while EC-Lab writes it: the header, then the complete rows
+    read since the last call as an ``MptData`` (the format of ``adapters.biologic.read_mpt``:
+    cp1252, decimal comma accepted). Bad rows go to ``bad(where, reason)`` and are skipped."""
+
+    def __init__(self, path: Path, bad: Callable[[str, str], None]):
+        self.path = path
+        self.bad = bad
+        self.lines = LineReader(path, ENCODING)
+        self.alignment: ClockAlignment | None = None
+        self._restart()
+
+    def _restart(self) -> None:
+        self.header: list[str] = []
+        self.columns: list[str] | None = None
+        self._n_header = 0
+        self.dead = False
+        self.alignment = None
+
+    def read(self, final: bool) -> tuple[MptData | None, bool]:
+        """(the new rows or None, whether the file gained anything)."""
+        lines, first_line, restarted = self.lines.read(final)
+        if restarted:
+            self._restart()
+        if self.dead or not lines:
+            return None, bool(lines) or restarted
+        rows: list[list[float]] = []
+        for number, line in enumerate(lines, start=first_line):
+            if self.columns is None:
+                self._header_line(number, line)
+            elif line.strip():
+                row = self._row(number, line)
+                if row is not None:
+                    rows.append(row)
+            if self.dead:
+                break
+        if self.columns is None:
+            return None, True
+        table = np.array(rows, dtype=np.float64).reshape(-1, len(self.columns))
+        return MptData(self.path, self.header, self.columns,
+                       {c: table[:, i] for i, c in enumerate(self.columns)}), True
+
+    def _header_line(self, number: int, line: str) -> None:
+        self.header.append(line)
+        if number == 1 and not line.startswith("EC-Lab ASCII FILE"):
+            self.bad(f"{self.path}: line 1", "not an EC-Lab ASCII file")
+            self.dead = True
+        elif number == 2:
+            match = _NB_HEADER_LINES.search(line)
+            self._n_header = int(match.group(1)) if match else 0
+            if not 3 <= self._n_header <= MAX_HEADER_LINES:
+                self.bad(f"{self.path}: line 2", "no plausible 'Nb header lines : N'")
+                self.dead = True
+        elif number > 2 and number == self._n_header:
+            self.columns = line.rstrip("\t").split("\t")
+            self.header.pop()
+
+    def _row(self, number: int, line: str) -> list[float] | None:
+        assert self.columns is not None
+        fields = line.rstrip("\t").split("\t")
+        if len(fields) != len(self.columns):
+            self.bad(f"{self.path}: line {number}",
+                     f"{len(fields)} fields, {len(self.columns)} columns (truncated row?)")
+            return None
+        row = []
+        for k, text in enumerate(fields):
+            try:
+                row.append(float(text.replace(",", ".")) if text.strip() else math.nan)
+            except ValueError:
+                self.bad(f"{self.path}: line {number}, column {k + 1} ({self.columns[k]!r})",
+                         f"not a number: {text.strip()[:40]!r}")
+                return None
+        return row
+
+
+# -- the Zilien adapter ---------------------------------------------------------------------
+
+EMBEDDED_EC_SERIES = "EC-lab"
+POT_SERIES = "pot"
+# Zilien's own potentiostat read-out -> (opmon name, unit, factor)
+POT_COLUMNS = {"Voltage [V]": ("voltage", "V", 1.0), "Current [mA]": ("current", "A", 1e-3),
+               "Cycle [n]": ("cycle", "", 1.0)}
+OFFSET_SOURCE_EMBEDDED = ("embedded by Zilien: its EC-lab series is on the Zilien base "
+                          "(t = t_eclab + the recorded offset)")
+SUPPORTED_VERSIONS = (1, 2)
+MAX_HEADER_LINES = 100_000
+
+
+class ZilienConfig(FollowedFileConfig):
+    ms_instrument: str | None = None      # instrument id of the ms.ion_current stream
+                                          # (None: this adapter's id)
+    ec_instrument: str = "potentiostat"   # instrument id of the echem stream
+    # echem from: the v2 embedded EC-lab series, the EC-Lab .mpt files beside the TSV, Zilien's
+    # own potentiostat read-out (pot), or none; auto: embedded if the file has it, else mpt
+    ec_source: Literal["auto", "embedded", "mpt", "pot", "none"] = "auto"
+    mpt_paths: list[str] | None = None    # the .mpt files (None: <tsv stem>_*.mpt beside it)
+    utc_offset_h: float | None = None     # v1: the zone of the start time in the file name
+    block_rows: int = Field(1000, ge=1)   # most samples (MS scans, EC rows) per frame
+
+
+def _standard(values: dict[str, np.ndarray], mapping: dict[str, tuple[str, str, float]]
+              ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Columns renamed to opmon's names and converted (mA -> A); the first of aliases wins."""
+    arrays: dict[str, np.ndarray] = {}
+    units: dict[str, str] = {}
+    for column, (name, unit, factor) in mapping.items():
+        if column in values and name not in arrays:
+            arrays[name] = values[column] * factor
+            if unit:
+                units[name] = unit
+    return arrays, units
+
+
+class ZilienAdapter(TextFileAdapter):
+    """A Zilien TSV, followed as Zilien writes it or read once: ``ms.ion_current`` blocks of
+    complete scans on the MS stream and ``echem`` blocks on the EC stream, both on the Zilien
+    time base (EC-Lab times moved by the recorded offset)."""
+
+    type_name = "zilien.tsv"
+    Config = ZilienConfig
+    config: ZilienConfig
+
+    def __init__(self, stream: str, config: ZilienConfig | None = None):
+        super().__init__(stream, config, "utf-8")
+        experiment, cell, instrument = stream.split("/")
+        c = self.config
+        self.ms_stream = f"{experiment}/{cell}/{c.ms_instrument or instrument}"
+        self.ec_stream = f"{experiment}/{cell}/{c.ec_instrument}"
+
+    def new_file(self) -> None:
+        super().new_file()
+        self.zilien: ZilienFile | None = None
+        self._ec_mode = "none"
+        self._pending: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+        self._totals: dict[str, int] = {}
+        self._last_line = 0
+        self._mpts: dict[Path, MptTail] = {}
+        self._meta: dict[str, Any] = {}
+
+    # -- input ----------------------------------------------------------------------------
+    def poll(self, final: bool) -> tuple[list[Frame], bool]:
+        frames, active = self.read_text(final)
+        if self._ec_mode == "mpt":
+            mpt_frames, mpt_active = self._poll_mpts(final)
+            frames += mpt_frames
+            active = active or mpt_active
+        if final:
+            self.end_of_file()
+        return frames, active
+
+    def file_replaced(self) -> list[Frame]:
+        """A new measurement: the old one's .mpt files are complete."""
+        return self._poll_mpts(final=True)[0] if self._ec_mode == "mpt" else []
+
+    def rows(self, lines: list[str], first_line: int) -> list[Frame]:
+        assert self.zilien is not None
+        self.rows_read += self.zilien.table.add_lines(lines, first_line, self.bad_table)
+        self._last_line = first_line + len(lines) - 1
+        return self._emit()
+
+    def read_header(self, head: list[str]) -> ZilienHeader | None:
+        """The header once its lines are all in (None before)."""
+        if not head:
+            return None
+        if not head[0].startswith("num_header_lines\t"):
+            raise TableError(self.path, 1, "not a Zilien TSV (no 'num_header_lines' line)")
+        n_meta = parse_metadata(self.path, head[:1])[0].value
+        if not isinstance(n_meta, int) or not 1 <= n_meta <= MAX_HEADER_LINES:
+            raise TableError(self.path, 1, f"num_header_lines {n_meta!r} is not a plausible "
+                             "line count", 5, "value")
+        if len(head) < n_meta + 2:
+            return None
+        return parse_header(self.path, head[:n_meta + 2])
+
+    def start_file(self, header: ZilienHeader) -> bool:
+        """Check the header and set up the streams; False when the file cannot be read."""
+        version = header.meta("file_format_version", default=1)
+        if version not in SUPPORTED_VERSIONS:
+            line = next(e.line for e in header.metadata if e.key == "file_format_version")
+            self.bad(f"{self.path}: line {line}, column 5 ('value')",
+                     f"file format version {version!r} is not supported (Zilien writes 1 and 2)")
+            return False
+        try:
+            start_ns, start_local, start_source = _zilien_start(header, self.config.utc_offset_h)
+            masses = _mass_series(header)
+        except TableError as exc:
+            self.bad_table(exc)
+            return False
+        except ValueError as exc:
+            self.bad(str(self.path), f"unreadable header: {exc}")
+            return False
+        for name in [n for n in masses if not self._layout(header, n).value_columns]:
+            self.bad(str(self.path), f"mass series {name!r} has no value column; ignored")
+            del masses[name]
+        if not masses:
+            self.bad(str(self.path), "no mass channels (series C<i>M<mz>) in the file")
+        self.zilien = ZilienFile(header, header.new_table(), start_ns, start_local, start_source,
+                                 masses)
+        self._meta = {"source": self.path.name, "zilien_version": int(version),
+                      "zilien_start_ns": start_ns, "start_source": start_source}
+        self._ec_mode = self._choose_ec(header)
+        return True
+
+    @staticmethod
+    def _layout(header: ZilienHeader, name: str) -> SeriesLayout:
+        return next(s for s in header.series if s.name == name)
+
+    def _choose_ec(self, header: ZilienHeader) -> str:
+        names = {s.name for s in header.series}
+        mode = self.config.ec_source
+        if mode == "auto":
+            mode = "embedded" if EMBEDDED_EC_SERIES in names else "mpt"
+        if mode not in ("embedded", "pot"):
+            return mode
+        series = EMBEDDED_EC_SERIES if mode == "embedded" else POT_SERIES
+        if series not in names:
+            self.bad(str(self.path), f"ec_source {mode!r}: the file has no {series!r} series")
+            return "none"
+        columns = self._layout(header, series).value_columns
+        arrays, _ = _standard(dict.fromkeys(columns, np.zeros(0)), self._ec_mapping(mode))
+        if not {"voltage", "current"} <= set(arrays):
+            self.bad(str(self.path), f"ec_source {mode!r}: series {series!r} lacks a potential "
+                     f"or a current column (has {list(columns)})")
+            return "none"
+        return mode
+
+    @staticmethod
+    def _ec_mapping(mode: str) -> dict[str, tuple[str, str, float]]:
+        return POT_COLUMNS if mode == "pot" else STANDARD_COLUMNS
+
+    # -- output ---------------------------------------------------------------------------
+    def _emit(self) -> list[Frame]:
+        z = self.zilien
+        assert z is not None
+        taken = {}
+        for s in z.header.series:
+            t, values = z.table.take(s.name)
+            self._totals[s.name] = self._totals.get(s.name, 0) + len(t)
+            taken[s.name] = t, values
+        frames = self._ms_frames({mz: taken[name] for name, mz in z.mass_series.items()})
+        if self._ec_mode in ("embedded", "pot"):
+            series = EMBEDDED_EC_SERIES if self._ec_mode == "embedded" else POT_SERIES
+            t, values = taken[series]
+            arrays, units = _standard(values, self._ec_mapping(self._ec_mode))
+            recorded = z.recorded_offset_s
+            meta = {"source": self.path.name, "series": series,
+                    "current_kind": "interval_mean" if "<I>/mA" in values else "instantaneous",
+                    "zilien_start_ns": z.start_ns}
+            if self._ec_mode == "embedded":
+                meta |= {"time_offset_s": recorded, "offset_source": OFFSET_SOURCE_EMBEDDED}
+            frames += self._ec_frames(t, arrays, units, meta)
+        return frames
+
+    def _ms_frames(self, new: dict[float, tuple[np.ndarray, dict[str, np.ndarray]]]
+                   ) -> list[Frame]:
+        """Blocks of complete scans; a scan's channels still missing wait for the next lines."""
+        if not new:
+            return []
+        for mz, (t, values) in new.items():
+            current = next(iter(values.values()))
+            old_t, old_i = self._pending.get(mz, (np.zeros(0), np.zeros(0)))
+            self._pending[mz] = np.concatenate([old_t, t]), np.concatenate([old_i, current])
+        n = min(len(t) for t, _ in self._pending.values())
+        z = self.zilien
+        assert z is not None
+        frames = []
+        for start in range(0, n, self.config.block_rows):
+            end = min(n, start + self.config.block_rows)
+            channels = {mz: (t[start:end], i[start:end]) for mz, (t, i) in self._pending.items()}
+            t_first, arrays, units = ion_current_arrays(channels)
+            frames.append(self.frame_on(self.ms_stream, "ms.ion_current",
+                                        z.start_ns + round(t_first * 1e9), arrays, units,
+                                        {**self._meta, "masses": list(self._pending)}))
+        self._pending = {mz: (t[n:], i[n:]) for mz, (t, i) in self._pending.items()}
+        return frames
+
+    def _ec_frames(self, t_zilien: np.ndarray, arrays: dict[str, np.ndarray],
+                   units: dict[str, str], meta: dict[str, Any]) -> list[Frame]:
+        """``echem`` blocks of samples at ``t_zilien`` (s on the Zilien base)."""
+        z = self.zilien
+        assert z is not None
+        frames = []
+        for start in range(0, len(t_zilien), self.config.block_rows):
+            end = min(len(t_zilien), start + self.config.block_rows)
+            t0 = float(t_zilien[start])
+            block = {"t": t_zilien[start:end] - t0,
+                     **{name: a[start:end] for name, a in arrays.items()}}
+            frames.append(self.frame_on(self.ec_stream, "echem", z.start_ns + round(t0 * 1e9),
+                                        block, {"t": "s", **units}, meta))
+        return frames
+
+    # -- the EC-Lab files beside the TSV --------------------------------------------------------
+    def _mpt_paths(self) -> list[Path]:
+        if self.config.mpt_paths is not None:
+            return [Path(p) for p in self.config.mpt_paths]
+        return find_mpts(self.path)
+
+    def _poll_mpts(self, final: bool) -> tuple[list[Frame], bool]:
+        z = self.zilien
+        if z is None:
+            return [], False
+        frames, active = [], False
+        paths = self._mpt_paths()
+        for k, path in enumerate(paths):
+            tail = self._mpts.get(path)
+            if tail is None:
+                tail = self._mpts[path] = MptTail(path, self.bad)
+            # EC-Lab ends a file without a newline: it is complete once the next one exists
+            mpt, got = tail.read(final or any(p.exists() for p in paths[k + 1:]))
+            active = active or got
+            if mpt is None or not len(mpt.data[mpt.columns[0]]):
+                continue
+            if tail.alignment is None:
+                try:
+                    tail.alignment = clock_alignment(z, mpt)
+                except TableError as exc:
+                    self.bad_table(exc)
+                    tail.dead = True
+                    continue
+            arrays, units = mpt.standard()
+            if not {"t", "voltage", "current"} <= set(arrays):
+                self.bad(f"{path}: line {len(mpt.header) + 1}",
+                         "needs time/s, Ewe/V and I/mA or <I>/mA columns")
+                tail.dead = True
+                continue
+            t = arrays.pop("t") + tail.alignment.time_offset_s
+            units.pop("t", None)
+            meta = {"source": path.name,
+                    "current_kind": "interval_mean" if "<I>/mA" in mpt.data else "instantaneous",
+                    "zilien_start_ns": z.start_ns, **tail.alignment.meta()}
+            frames += self._ec_frames(t, arrays, units, meta)
+        return frames, active
+
+    def end_of_file(self) -> None:
+        """Also: series shorter than the header says."""
+        super().end_of_file()
+        z = self.zilien
+        if z is None:
+            return
+        for s in z.header.series:
+            expected = z.header.meta(f"{s.name}_count", s.name)
+            got = self._totals.get(s.name, 0)
+            if isinstance(expected, int) and got != expected:
+                self.bad(f"{self.path}: line {self._last_line}, column {s.time_column + 1} "
+                         f"({z.header.columns[s.time_column]!r})",
+                         f"series {s.name!r} has {got} points, the header says {expected} "
+                         "(truncated file or rejected rows)")
+        if self.config.ec_source == "mpt" and not self._mpts:
+            self.bad(str(self.path), "ec_source 'mpt': no .mpt files found")
