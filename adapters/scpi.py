@@ -222,6 +222,7 @@ class ScpiAdapter(Adapter):
 
     type_name = "scpi"
     Config = ScpiConfig
+    graceful_stop = True   # on request_stop() the last partial block is still published
 
     def __init__(self, stream: str, config: ScpiConfig | None = None):
         super().__init__(stream, config)
@@ -262,12 +263,16 @@ class ScpiAdapter(Adapter):
         worker = threading.Thread(target=self._worker, args=(rm, stop, emit), daemon=True,
                                   name=f"scpi {self.stream}")
         worker.start()
+        # request_stop(): the worker ends its poll, hands over the partial block, sends `final`
+        stop_requested = asyncio.ensure_future(self._stopper().wait())
+        stop_requested.add_done_callback(lambda _: stop.set())
         try:
             while (item := await blocks.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
                 yield self._frame(item)
         finally:
+            stop_requested.cancel()
             stop.set()
             await asyncio.to_thread(worker.join)
 

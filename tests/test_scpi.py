@@ -38,6 +38,8 @@ from adapters.scpi import (
 )
 from stream.config import CellSection
 from stream.frame import Frame
+from stream.node import Node
+from stream.sinks import Sink
 
 STREAM = "exp1/cell01/smu"
 IDN = "KEITHLEY INSTRUMENTS INC.,MODEL 2400,4711,C32 Oct  4 2010 (opmon test emulator)"
@@ -319,6 +321,37 @@ async def test_instrument_clock_restart_restarts_the_estimate(smu: SmuServer, po
         assert_on_host_time_base(frame)
     # non-decreasing: the instrument's timestamps have 1 ms resolution at 1000 s
     assert all(np.all(np.diff(f.arrays["t"]) >= 0) for f in frames)
+
+
+class CollectSink(Sink):
+    type_name = "collect"
+
+    def __init__(self) -> None:
+        super().__init__(self.Config())
+        self.frames: list[Frame] = []
+
+    async def write(self, frame: Frame) -> None:
+        self.frames.append(frame)
+
+
+async def test_node_stop_publishes_every_reading(smu: SmuServer, port: int):
+    """When the node stops, the partial block is still published: every reading the instrument
+    sent reaches the sink, none lost at the stop."""
+    adapter = ScpiAdapter(STREAM, tcp_config(port, block_s=0.5))   # 25 samples per block
+    sink = CollectSink()
+    node = Node("exp1", [adapter], [], [sink], handle_signals=False)
+    run = asyncio.create_task(node.run())
+    async with asyncio.timeout(10):
+        while not any(f.kind == "echem" for f in sink.frames):
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)   # a few samples into the next block
+        node.stop()
+        stats = await run
+    frames = [f for f in sink.frames if f.kind == "echem"]
+    np.testing.assert_array_equal(published(frames, "voltage"),
+                                  smu.instrument.published("voltage"))
+    assert 0 < frames[-1].n_samples < 25
+    assert stats[f"source.{adapter.name}"]["rejects"] == 0
 
 
 # -- bad input ------------------------------------------------------------------------------------
