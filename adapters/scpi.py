@@ -322,9 +322,9 @@ class ScpiAdapter(Adapter):
                 backoff = min(2 * backoff, c.reconnect_max_s)
                 continue
             self.connected = True
+            samples_before = self.stats["samples"]
             try:
-                if self._poll(res, stop, emit):
-                    backoff = c.reconnect_min_s
+                self._poll(res, stop, emit)
             except (_Lost, OSError, pyvisa.errors.Error) as exc:
                 self.stats["reconnects"] += 1
                 self._log.warning("lost", f"{self.stream}: {c.resource}: connection lost "
@@ -332,6 +332,12 @@ class ScpiAdapter(Adapter):
             finally:
                 self.connected = False
                 self._close(res, stop.is_set())
+            if self.stats["samples"] > samples_before:
+                backoff = c.reconnect_min_s
+            else:   # lost before any reading: back off rather than hammer the instrument
+                if stop.wait(backoff):
+                    break
+                backoff = min(2 * backoff, c.reconnect_max_s)
 
     def _open(self, rm: pyvisa.ResourceManager) -> Any:
         c: ScpiConfig = self.config
@@ -387,14 +393,12 @@ class ScpiAdapter(Adapter):
         with contextlib.suppress(Exception):
             res.close()
 
-    def _poll(self, res: Any, stop: threading.Event, emit: Callable[[_Block], None]) -> bool:
-        """Poll until stopped (returns) or the session is lost (raises). True if any valid
-        reading came in."""
+    def _poll(self, res: Any, stop: threading.Event, emit: Callable[[_Block], None]) -> None:
+        """Poll until stopped (returns) or the session is lost (raises)."""
         c: ScpiConfig = self.config
         period = 1.0 / c.poll_hz
         check_every = c.error_check_s if c.error_query and c.error_check_s > 0 else math.inf
         block = self._new_block()
-        got_reading = False
         next_due = time.monotonic()
         next_check = next_due + check_every
         try:
@@ -407,7 +411,6 @@ class ScpiAdapter(Adapter):
                 if sample is None:
                     self._check_stale()
                 else:
-                    got_reading = True
                     values, mid_ns, recv_ns = sample
                     if self._clock_went_back(values):
                         if block.rows:
@@ -425,7 +428,6 @@ class ScpiAdapter(Adapter):
         finally:
             if block.rows:
                 emit(block)
-        return got_reading
 
     def _new_block(self, clock_restarted: bool = False) -> _Block:
         meta: dict[str, Any] = {"resource": self.config.resource}
