@@ -32,7 +32,7 @@ import os
 import re
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -61,6 +61,7 @@ TRACES_OFFSET = 0xC8
 MASS_SCAN = 0x11
 MAX_TRACES = 256
 MAX_HEADER_BYTES = 1 << 20
+MAX_SCAN_BYTES = 1 << 26
 FSR_EXPONENTS = range(-20, 7)   # 1e-20 .. 1e6 A: anything else is a garbled block
 
 
@@ -89,13 +90,11 @@ class SacTrace:
     x_title: str
     x_unit: str
     comment: str
+    mass: np.ndarray = field(compare=False, repr=False)  # the axis, shared by its frames
 
     @property
     def n_points(self) -> int:
         return self.scan_width * self.values_per_mass
-
-    def masses(self) -> np.ndarray:
-        return self.first_mass + np.arange(self.n_points) / self.values_per_mass
 
 
 @dataclass(frozen=True)
@@ -133,6 +132,8 @@ def parse_sac_header(path: Path | str, data: bytes) -> SacHeader | None:
         raise SacError(path, "byte 0x68 (n_traces)", f"{n_traces} traces")
     if n_scans < 0:
         raise SacError(path, "byte 0x64 (n_scans)", f"{n_scans} scans")
+    if not _START.size < scan_bytes <= MAX_SCAN_BYTES:
+        raise SacError(path, "byte 0x6a (scan length)", f"{scan_bytes} bytes per scan")
     start_s, start_tenths = _START.unpack_from(data, START_OFFSET)
     if start_tenths >= 10_000:
         raise SacError(path, f"byte {START_OFFSET + 4:#x} (start time)",
@@ -158,11 +159,13 @@ def parse_sac_header(path: Path | str, data: bytes) -> SacHeader | None:
             raise SacError(path, where, "outside the header")
         (_, y_title, y_unit, _, x_title, x_unit, comment, _, _, first_mass, width, per_mass,
          _, _) = _INFO.unpack_from(data, info_at)
-        trace = SacTrace(k, pos - first_scan, first_mass, width, per_mass, _text(y_title),
-                         _text(y_unit), _text(x_title), _text(x_unit), _text(comment))
         if width < 1 or per_mass < 1 or not math.isfinite(first_mass):
             raise SacError(path, where, f"mass axis from {first_mass} amu, {width} amu wide, "
                            f"{per_mass} values per amu")
+        mass = first_mass + np.arange(width * per_mass) / per_mass
+        mass.flags.writeable = False
+        trace = SacTrace(k, pos - first_scan, first_mass, width, per_mass, _text(y_title),
+                         _text(y_unit), _text(x_title), _text(x_unit), _text(comment), mass)
         if trace.data_offset + _TRACE_DATA.size + 4 * trace.n_points > scan_bytes:
             raise SacError(path, where, f"{trace.n_points} points at {pos:#x} do not fit a "
                            f"{scan_bytes}-byte scan block")
@@ -208,7 +211,7 @@ def parse_scan(header: SacHeader, block: bytes | memoryview, index: int) -> list
                                trace.data_offset + _TRACE_DATA.size).astype(np.float64)
         saturated = np.flatnonzero(~(np.abs(values) <= full_scale))
         values[saturated] = np.nan
-        out.append(SacSpectrum(index, trace, time_ns, trace.masses(), values, full_scale,
+        out.append(SacSpectrum(index, trace, time_ns, trace.mass, values, full_scale,
                                saturated))
     return out
 

@@ -30,6 +30,7 @@ import asyncio
 import logging
 import math
 import re
+from abc import abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -527,15 +528,19 @@ class FollowedFileAdapter(Adapter):
                 and "mode" not in clock.model_fields_set:
             self.timebase = ClockModel(clock.model_copy(update={"mode": "instrument"}))
         self.path = Path(self.config.path)
-        self.stop = asyncio.Event()
+        self._stop = asyncio.Event()
         self.restarts = 0
         self.rows_read = 0     # data rows (text) or scans (binary) accepted
 
+    @abstractmethod
     def poll(self, final: bool) -> tuple[list[Frame], bool]:
         """The frames from what the file gained, and whether anything arrived. ``final``: no
         more data will come (the end of a replay, or the follow timed out), so an unfinished
         last line is a row and the end-of-file checks run."""
-        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Ends a follow at the next poll (after the data already read)."""
+        self._stop.set()
 
     async def frames(self) -> AsyncIterator[Frame]:
         c = self.config
@@ -547,7 +552,7 @@ class FollowedFileAdapter(Adapter):
                 yield frame
             return
         idle = 0.0
-        while not self.stop.is_set():
+        while not self._stop.is_set():
             frames, active = self.poll(final=False)
             for frame in frames:
                 yield frame
@@ -624,14 +629,14 @@ class TextFileAdapter(FollowedFileAdapter):
         self._head: list[str] = []
         self._dead = False
 
-    def read_header(self, lines: list[str]) -> Any:
-        raise NotImplementedError
+    @abstractmethod
+    def read_header(self, lines: list[str]) -> Any: ...
 
     def start_file(self, header: Any) -> bool:
         return True
 
-    def rows(self, lines: list[str], first_line: int) -> list[Frame]:
-        raise NotImplementedError
+    @abstractmethod
+    def rows(self, lines: list[str], first_line: int) -> list[Frame]: ...
 
     def file_replaced(self) -> list[Frame]:
         """The last frames of a file that another one replaced."""

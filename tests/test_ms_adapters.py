@@ -43,6 +43,9 @@ from adapters.zilien import (
 from processors.gas import GasConfig, GasProcessor
 from processors.sensor_faults import SensorFaultProcessor
 from stream.frame import Frame
+from stream.node import Node
+
+from .test_node import CollectSink
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "ecms"
 V1 = REAL / "zilien_v1_full_set" / "2022-04-06 16_17_23 full set.tsv"
@@ -399,17 +402,21 @@ def test_zilien_fuzzed_header_bytes_never_raise(noise: bytes, where: int) -> Non
         frame.validate()
 
 
-# -- Zilien frames through the gas and sensor-fault processors ---------------------------------
+# -- Zilien frames through the gas and sensor-fault processors, in a node ---------------------
 
-def test_zilien_frames_feed_the_gas_processor_unchanged() -> None:
-    """The adapter's blocks give the gas processor the same results as the whole-file frame of
-    read_zilien in one piece."""
+async def test_zilien_in_a_node_feeds_the_gas_processor_unchanged() -> None:
+    """The adapter in a node, its blocks through the gas and sensor-fault processors: the gas
+    results equal those of read_zilien's whole-file frame processed in one piece."""
     _need(V2)
-    _, frames = _replay(V2, block_rows=7)
-    ms = [f for f in frames if f.kind == "ms.ion_current"]
+    adapter = ZilienAdapter(STREAM, ZilienConfig(path=str(V2), follow=False, block_rows=7))
     config = GasConfig(gases=["H2", "O2", "CO2", "Ar"], channels=[2, 32, 44, 40],
                        internal_standard="Ar", window_s=5.0)
-    blocks = _process_all(GasProcessor(config), ms)
+    faults = SensorFaultProcessor()
+    sink = CollectSink()
+    snapshot = await Node("exp", [adapter], [GasProcessor(config), faults], [sink],
+                          handle_signals=False).run()
+    assert all(stage.get("rejects", 0) == 0 for stage in snapshot.values()), snapshot
+    blocks = [f for f in sink.frames if f.kind == "result.gas"]
     whole = GasProcessor(config).process(ms_frame(read_zilien(V2), STREAM))
     for gas in ("H2", "O2", "CO2"):
         got = [r for r in blocks if r.meta["tags"]["gas"] == gas]
@@ -423,18 +430,9 @@ def test_zilien_frames_feed_the_gas_processor_unchanged() -> None:
         # the amount is one value per block, at its last sample: the end of the data
         assert got[-1].arrays["amount_mol"][-1] == pytest.approx(ref.arrays["amount_mol"][-1],
                                                                  rel=1e-9)
-    faults = SensorFaultProcessor()
-    _process_all(faults, frames)
-    assert sorted(faults.channels(STREAM)) == sorted(f"m{mz:g}" for mz in
-                                                     ms[0].meta["masses"])
-
-
-def _process_all(processor, frames: list[Frame]) -> list[Frame]:
-    out = []
-    for f in frames:
-        if processor.wants(f.kind):
-            out += processor.process(f)
-    return out
+    masses = next(f for f in sink.frames if f.kind == "ms.ion_current").meta["masses"]
+    assert sorted(faults.channels(STREAM)) == sorted(f"m{mz:g}" for mz in masses)
+    assert sorted(faults.channels("exp/cell01/potentiostat")) == ["current", "voltage"]
 
 
 # -- QUADSTAR .sac -----------------------------------------------------------------------------
