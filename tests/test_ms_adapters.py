@@ -270,16 +270,24 @@ def test_zilien_followed_live_rotated_and_replaced(tmp_path: Path) -> None:
     # followed: the clock model estimates the offset; the raw clock is in meta
     assert {f.meta["clock"]["mode"] for f in frames} == {"estimate"}
     # EC: the .mpt rows beside v1, for each of the two v1 files (a new TSV starts afresh and
-    # reads its .mpt files again), and v2's embedded series in between
+    # reads its .mpt files again), and v2's embedded series (its source is the live file's
+    # name) in between
     ec = [f for f in frames if f.kind == "echem"]
-    sources = [f.meta["source"] for f in ec]
-    mpt_rows = sum(len(read_mpt(p).data["time/s"]) for p in find_mpts(V1))
-    from_mpt = [f for f in ec if f.meta["source"].endswith(".mpt")]
-    assert sum(f.n_samples for f in from_mpt) == 2 * mpt_rows
-    embedded = [f for f in ec if f.meta["source"] == V1.name]
-    assert sum(f.n_samples for f in embedded) == len(v2["EC-lab"][0])
-    assert sources.index(V1.name) > 0
-    got = _echem_from_frames(embedded)
+    kinds = ["mpt" if f.meta["source"].endswith(".mpt") else "embedded" for f in ec]
+    assert [k for i, k in enumerate(kinds) if i == 0 or k != kinds[i - 1]] == \
+        ["mpt", "embedded", "mpt"]
+    mpt = [read_mpt(p) for p in find_mpts(V1)]
+    t_mpt = v1_start * 1e-9 + 95.21071 + np.concatenate([m.data["time/s"] for m in mpt])
+    e_mpt = np.concatenate([m.data["Ewe/V"] for m in mpt])
+    first = kinds.index("embedded")
+    last = len(kinds) - kinds[::-1].index("embedded")
+    for part in (ec[:first], ec[last:]):
+        got = _echem_from_frames(part)
+        np.testing.assert_allclose(got["t_abs"], t_mpt, rtol=0, atol=2e-6)
+        np.testing.assert_array_equal(got["voltage"], e_mpt)
+    got = _echem_from_frames(ec[first:last])
+    np.testing.assert_allclose(got["t_abs"], v2_start * 1e-9 + v2["EC-lab"][0], rtol=0,
+                               atol=2e-6)
     np.testing.assert_array_equal(got["voltage"], v2["EC-lab"][1]["Ewe/V"])
 
 
@@ -400,6 +408,7 @@ def test_zilien_fuzzed_header_bytes_never_raise(noise: bytes, where: int) -> Non
     frames = adapter.feed([ln.decode("utf-8", errors="replace") for ln in lines], 1)
     for frame in frames:
         frame.validate()
+    assert adapter.zilien is not None or adapter.rejects >= 1   # read, or refused and named
 
 
 # -- Zilien frames through the gas and sensor-fault processors, in a node ---------------------
