@@ -9,6 +9,10 @@ from .base import Adapter, AdapterConfig
 REGISTRY: dict[str, str] = {
     "sim.potentiostat": "adapters.sim.potentiostat:SimPotentiostat",
     "modbus.pressure": "adapters.modbus:ModbusPressureAdapter",
+    "scpi": "adapters.scpi:ScpiAdapter",
+    "zilien.tsv": "adapters.zilien:ZilienAdapter",
+    "pfeiffer.sac": "adapters.pfeiffer:QuadstarSacAdapter",
+    "pfeiffer.dat": "adapters.pfeiffer:PvMassSpecDatAdapter",
 }
 
 

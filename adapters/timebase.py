@@ -54,6 +54,7 @@ class ClockModel:
         self._bucket_instr_s = 0.0
         self._bucket_min_s = math.inf
         self._first_instr_ns: int | None = None
+        self._d0_ns = 0
         self.n_observations = 0
         self._offset_s = 0.0
         self._drift = 0.0
@@ -67,8 +68,9 @@ class ClockModel:
         if self._first_instr_ns is None:
             self._first_instr_ns = instrument_ns
             self._bucket_start_ns = instrument_ns
+            self._d0_ns = host_ns - instrument_ns  # offsets are kept relative to the first
         x = (instrument_ns - self._first_instr_ns) * 1e-9
-        d = (host_ns - instrument_ns) * 1e-9
+        d = (host_ns - instrument_ns - self._d0_ns) * 1e-9
         self.n_observations += 1
         bucket_ns = int(self.config.bucket_s * 1e9)
         if instrument_ns - self._bucket_start_ns >= bucket_ns:
@@ -105,7 +107,7 @@ class ClockModel:
     def offset_s(self) -> float:
         if self.mode == "fixed":
             return self._fixed_offset_ns * 1e-9
-        return self._offset_s if self.mode == "estimate" else 0.0
+        return self._d0_ns * 1e-9 + self._offset_s if self.mode == "estimate" else 0.0
 
     @property
     def drift_ppm(self) -> float:
@@ -125,7 +127,8 @@ class ClockModel:
         if self._first_instr_ns is None:
             return 0
         x = (instrument_ns - self._first_instr_ns) * 1e-9
-        return int(round((self._offset_s + self._drift * (x - self._ref_instr_s)) * 1e9))
+        return self._d0_ns + int(round((self._offset_s + self._drift * (x - self._ref_instr_s))
+                                       * 1e9))
 
     def correct(self, instrument_t0_ns: int, host_ns: int | None = None) -> int:
         """The block start on the host time base."""
