@@ -65,6 +65,9 @@ def test_make_frame_stamps_the_corrected_time_and_keeps_the_raw_clock() -> None:
     class Probe(Adapter):
         type_name = "probe"
 
+        async def frames(self):  # not run here
+            yield None
+
     adapter = Probe("exp/cell01/probe", AdapterConfig(clock=ClockConfig(offset_s=-1.0)))
     t = np.arange(10) * 0.1
     frame = adapter.make_frame("echem", 5 * 10**9, {"t": t, "voltage": np.full(10, 3.7)},
