@@ -146,7 +146,6 @@ class MptFormat(TableFormat):
     ``read_mpt``); otherwise the standard columns plus ``carry`` (file column -> array)."""
 
     separator = "\t"
-    name = "EC-Lab .mpt"
 
     def __init__(self, raw: bool = False, carry: Mapping[str, str] | None = None,
                  utc_offset_h: float | None = None):

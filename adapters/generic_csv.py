@@ -122,7 +122,6 @@ class CsvConfig(TabularConfig):
 
 
 class CsvFormat(TableFormat):
-    name = "CSV"
 
     def __init__(self, config: CsvConfig):
         self.config = config

@@ -67,7 +67,6 @@ def split_name(column: str) -> tuple[str, str]:
 
 
 class NewareFormat(TableFormat):
-    name = "Neware CSV"
 
     def __init__(self, separator: str = ",", time_source: str = "cumulative",
                  column_names: dict[str, str] | None = None):

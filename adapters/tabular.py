@@ -25,6 +25,7 @@ import logging
 import math
 import re
 import time
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -118,7 +119,6 @@ class TableFormat(ABC):
     separator: str = "\t"
     quote: str = ""                 # a quote character, if fields may be quoted
     comment: str = ""               # lines starting with this are skipped
-    name: str = "table"
 
     @abstractmethod
     def header(self, path: Path, lines: list[str]) -> TableHeader | None:
@@ -166,12 +166,12 @@ class Rows:
 # -- cell parsers -------------------------------------------------------------------------------
 
 def parse_number(text: str) -> float:
-    """A decimal number; empty is NaN. Raises ValueError (also for Python-only forms as
-    ``1_000`` that the bulk parser refuses)."""
+    """A decimal number; empty is NaN. Raises ValueError, also for what ``float()`` accepts
+    but the bulk parser does not (so both read a cell alike)."""
     text = text.strip()
     if not text:
         return math.nan
-    if "_" in text:
+    if "_" in text or not text.isascii():  # float() takes 1_0 and other scripts' digits
         raise ValueError(text)
     return float(text)
 
@@ -234,11 +234,15 @@ def _datetime_cells(cells: list[str], fmt: str, utc_offset_h: float | None,
     if fmt == "epoch":
         return _per_cell(cells, lambda s: round(parse_number(s) * scale * 1e9))
     if fmt == "iso":
-        first = datetime.fromisoformat(cells[0].strip()) if cells and cells[0].strip() else None
-        if first is not None and first.tzinfo is None:
-            try:  # naive ISO: one C pass, then the wall-clock offset of the first row
-                ns = np.array([c.strip() for c in cells], dtype="datetime64[ns]").view(np.int64)
-            except ValueError:
+        stripped = [c.strip() for c in cells]
+        first = datetime.fromisoformat(stripped[0]) if stripped and stripped[0] else None
+        if first is not None and first.tzinfo is None and \
+                all(len(c) == len(stripped[0]) for c in stripped):
+            try:  # naive ISO of one layout: one C pass, then the first row's wall-clock offset
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error")  # numpy's time-zone warning: per cell
+                    ns = np.array(stripped, dtype="datetime64[ns]").view(np.int64)
+            except (ValueError, UserWarning):
                 pass
             else:
                 if ns.size and ns[0] != NAT:
@@ -390,11 +394,15 @@ class TableReader:
         return self._rows(values, numbers)
 
     def _check_fields(self, lines: list[bytes], first_line: int, n_cols: int,
-                      sep: bytes) -> tuple[list[bytes], list[int]]:
+                      sep: bytes) -> tuple[list[bytes], list[int] | range]:
         """Lines with the header's number of fields (a trailing separator is allowed)."""
-        good, numbers = [], []
         comment = self.fmt.comment.encode()
         quoted = bool(self.fmt.quote)
+        if not quoted and not comment and n_cols > 1:  # the usual case, checked in C
+            counts = [raw.count(sep) for raw in lines]
+            if counts.count(n_cols - 1) == len(lines) and all(map(bytes.strip, lines)):
+                return lines, range(first_line, first_line + len(lines))
+        good, numbers = [], []
         for k, raw in enumerate(lines):
             if not raw.strip() or (comment and raw.startswith(comment)):
                 continue
@@ -417,13 +425,16 @@ class TableReader:
             self._error(line, f"{count} fields, the header has {n_cols} columns "
                               "(unknown column)", n_cols + 1)
 
-    def _decode(self, good: list[bytes], numbers: list[int], sep: str
+    def _decode(self, good: list[bytes], numbers: list[int] | range, sep: str
                 ) -> tuple[list[str], np.ndarray]:
         try:
-            return (b"\n".join(good).decode(self.encoding).split("\n"),
-                    np.array(numbers, dtype=np.int64))
+            texts = b"\n".join(good).decode(self.encoding).split("\n")
         except UnicodeDecodeError:
             pass
+        else:
+            if isinstance(numbers, range):
+                return texts, np.arange(numbers.start, numbers.stop, dtype=np.int64)
+            return texts, np.array(numbers, dtype=np.int64)
         texts, kept = [], []
         for raw, number in zip(good, numbers, strict=True):
             try:
@@ -441,9 +452,9 @@ class TableReader:
         values: dict[str, np.ndarray] = {}
         numeric = [c for c in self._needed if c.parse == "number"]
         bulk = self._bulk_numbers(texts, numeric) if numeric and not self.fmt.quote else None
-        cells = None
+        cells: list[list[str]] = []
         if bulk is None or len(numeric) < len(self._needed):
-            cells = self._split(texts)
+            cells = self._split(texts, numbers, ok)
         position = {id(c): k for k, c in enumerate(numeric)}
         for col in self._needed:
             if bulk is not None and col.parse == "number":
@@ -463,23 +474,32 @@ class TableReader:
         except ValueError:
             return None
 
-    def _split(self, texts: list[str]) -> list[list[str]]:
+    def _split(self, texts: list[str], numbers: np.ndarray, ok: np.ndarray) -> list[list[str]]:
+        """The rows' cells. Quoted rows are only counted here: a row with the wrong number of
+        fields is reported and its cells are left empty."""
         sep = self.fmt.separator
         if not self.fmt.quote:
             return [t.split(sep) for t in texts]
-        return list(csv.reader(texts, delimiter=sep, quotechar=self.fmt.quote))
+        n_cols = len(self.header.columns) if self.header else 0
+        cells = []
+        for i, text in enumerate(texts):
+            try:  # one reader per line: an open quote must not run into the next line
+                row = next(csv.reader([text], delimiter=sep, quotechar=self.fmt.quote), [])
+            except csv.Error as exc:
+                ok[i] = False
+                self._error(int(numbers[i]), f"not a CSV row: {exc}")
+                row = [""] * n_cols
+            if ok[i] and len(row) != n_cols:
+                ok[i] = False
+                self._field_count_error(int(numbers[i]), len(row), n_cols)
+            cells.append(row if len(row) == n_cols else [""] * n_cols)
+        return cells
 
-    def _column_cells(self, cells: list[list[str]] | None, col: Column, numbers: np.ndarray,
+    def _column_cells(self, cells: list[list[str]], col: Column, numbers: np.ndarray,
                       ok: np.ndarray) -> np.ndarray:
         """One column parsed cell by cell; a bad cell marks its row in ``ok`` and is reported
         (once per row: the first bad column)."""
-        assert cells is not None
-        n_cols = len(self.header.columns) if self.header else 0
-        column = [row[col.index] if len(row) == n_cols else "" for row in cells]
-        for i, row in enumerate(cells):  # quoted rows are only counted after splitting
-            if len(row) != n_cols and ok[i]:
-                ok[i] = False
-                self._field_count_error(int(numbers[i]), len(row), n_cols)
+        column = [row[col.index] for row in cells]
         if col.parse == "datetime":
             return self._datetimes(column, col, numbers, ok)
         if col.parse == "text" and col.values is None:

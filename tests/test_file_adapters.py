@@ -587,39 +587,77 @@ def test_truncated_mpr_is_counted_with_its_file(tmp_path: Path) -> None:
 
 # -- parser fuzzing ---------------------------------------------------------------------------
 
-HEADER = [b"EC-Lab ASCII FILE", b"Nb header lines : 3", b"time/s\tEwe/V\t<I>/mA\tNs"]
-GOOD_ROW = st.tuples(st.floats(0, 1e6), st.floats(-5, 5), st.floats(-1, 1),
-                     st.integers(0, 20)).map(lambda r: "\t".join(map(str, r)).encode())
-LINE = st.one_of(GOOD_ROW, st.binary(max_size=60).map(lambda b: b.replace(b"\n", b"")),
-                 GOOD_ROW.map(lambda b: b[: len(b) // 2]),
-                 GOOD_ROW.map(lambda b: b.replace(b".", b",", 1)),
-                 st.text(max_size=40).map(lambda s: s.replace("\n", "").encode("utf-8")))
+MPT_HEADER = [b"EC-Lab ASCII FILE", b"Nb header lines : 3", b"time/s\tEwe/V\t<I>/mA\tNs"]
+MPT_ROW = st.tuples(st.floats(0, 1e6), st.floats(-5, 5), st.floats(-1, 1),
+                    st.integers(0, 20)).map(lambda r: "\t".join(map(str, r)).encode())
+CSV_HEADER = [b'"when","U/V","I/A","state"']
+CSV_ROW = st.tuples(st.datetimes(datetime(2000, 1, 1), datetime(2100, 1, 1)), st.floats(-5, 5),
+                    st.floats(-1, 1), st.sampled_from(["Rest", "CC, charge", '"Q" hold'])).map(
+    lambda r: (f'"{r[0].isoformat()}",{r[1]},{r[2]},"' + r[3].replace('"', '""') + '"').encode())
+CSV_CONFIG = CsvAdapter.Config(path="fuzz.csv", quote='"', time={"column": "when",
+                                                                 "format": "iso"},
+                               columns={"voltage": {"column": "U/V"},
+                                        "current": {"column": "I/A"},
+                                        "state": {"column": "state", "meta": True}})
+FORMATS = {"mpt": (MptFormat, MPT_HEADER, MPT_ROW, "\t"),
+           "quoted csv": (lambda: CsvAdapter("a/b/c", CSV_CONFIG).make_format(), CSV_HEADER,
+                          CSV_ROW, ",")}
 
 
-def fed(lines: list[bytes], cuts: list[int]) -> tuple[list[np.ndarray], TableReader]:
-    reader = TableReader(MptFormat(), Path("fuzz.mpt"), "cp1252", decimal=".")
-    reader.feed(HEADER, 1)
+def lines_of(row: st.SearchStrategy, sep: str) -> st.SearchStrategy:
+    return st.one_of(row, st.binary(max_size=60).map(lambda b: b.replace(b"\n", b"")),
+                     row.map(lambda b: b[: len(b) // 2]),
+                     row.map(lambda b: b.replace(b".", b",", 1)),
+                     row.map(lambda b: b + sep.encode() + b"1"),
+                     st.text(max_size=40).map(lambda s: s.replace("\n", "").encode("utf-8")))
+
+
+def fed(name: str, lines: list[bytes], cuts: list[int]) -> tuple[list[np.ndarray], TableReader]:
+    make, header, _, _ = FORMATS[name]
+    reader = TableReader(make(), Path("fuzz.txt"), "cp1252", decimal=".", utc_offset_h=0.0)
+    reader.feed(header, 1)
+    first = len(header) + 1
     parts, bounds = [], sorted({0, len(lines), *[c % (len(lines) + 1) for c in cuts]})
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-        rows = reader.feed(lines[a:b], 4 + a)
+        rows = reader.feed(lines[a:b], first + a)
         if rows is not None:
             parts.append(rows.lines)
     return parts, reader
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.lists(LINE, max_size=40), st.lists(st.integers(0, 40), max_size=6))
-def test_fuzzed_lines_never_raise_and_every_bad_line_is_counted(lines: list[bytes],
+@pytest.mark.parametrize("name", list(FORMATS))
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), cuts=st.lists(st.integers(0, 40), max_size=6))
+def test_fuzzed_lines_never_raise_and_every_bad_line_is_counted(name: str, data: st.DataObject,
                                                                 cuts: list[int]) -> None:
-    parts, reader = fed(lines, cuts)
+    _, header, row, sep = FORMATS[name]
+    lines = data.draw(st.lists(lines_of(row, sep), max_size=40))
+    parts, reader = fed(name, lines, cuts)
     n_rows = sum(p.size for p in parts)
+    first = len(header) + 1
     assert n_rows + len(reader.errors) == sum(1 for ln in lines if ln.strip())
     bad_lines = [e.line for e in reader.errors]
     assert len(set(bad_lines)) == len(bad_lines)  # one error per bad line
-    assert all(e.path == Path("fuzz.mpt") and 4 <= e.line < 4 + len(lines) for e in reader.errors)
-    whole, _ = fed(lines, [])  # chunking does not change what is read
+    assert all(e.path == Path("fuzz.txt") and first <= e.line < first + len(lines)
+               for e in reader.errors)
+    whole, _ = fed(name, lines, [])  # chunking does not change what is read
     np.testing.assert_array_equal(np.concatenate(parts or [np.zeros(0, np.int64)]),
                                   np.concatenate(whole or [np.zeros(0, np.int64)]))
+
+
+def test_quoted_csv_keeps_separators_inside_quotes(tmp_path: Path) -> None:
+    path = tmp_path / "quoted.csv"
+    path.write_text('"when","U/V","I/A","state"\n'
+                    '"2024-01-17T15:22:05",3.1,0.5,"CC, charge"\n'
+                    '"2024-01-17T15:22:06",3.2,0.5,"CC, charge",9\n'
+                    '"2024-01-17T15:22:07",3.3,0.5,"say ""hold"""\n')
+    frames, adapter = replay(CsvAdapter, path, **CSV_CONFIG.model_dump(
+        exclude={"path", "follow", "utc_offset_h"}), utc_offset_h=0.0)
+    assert adapter.rejects == 1 and "line 3, column 5: 5 fields" in adapter.errors[0]
+    assert [(f.meta["state"], f.arrays["voltage"].tolist()) for f in frames] == \
+        [("CC, charge", [3.1]), ('say "hold"', [3.3])]
+    t0 = int(datetime(2024, 1, 17, 15, 22, 5, tzinfo=UTC).timestamp()) * 10**9
+    assert published(frames)["t_abs"].tolist() == [t0, t0 + 2 * 10**9]
 
 
 # -- inside a node --------------------------------------------------------------------------
