@@ -114,9 +114,13 @@ class NewareFormat(TableFormat):
                 out.append(Column("mode", index, source, parse="text", role="meta"))
                 continue
             unit, factor = UNITS.get(split_name(source)[1], ("", 1.0))
-            if key in REQUIRED and not unit:
-                raise TabularError(path, 1, f"{source!r}: unit not understood (expected one "
-                                            f"of {sorted(UNITS)})", index + 1, source)
+            if not unit and key not in INTEGER:
+                problem = TabularError(path, 1, f"unit not understood (expected one of "
+                                                f"{sorted(UNITS)})", index + 1, source)
+                if key in REQUIRED:
+                    raise problem
+                header.problems.append(problem)  # counted; that column is not published
+                continue
             out.append(Column(key, index, source, unit, factor, required=key in REQUIRED,
                               integer=key in INTEGER))
         return out

@@ -556,6 +556,14 @@ def test_missing_columns_are_named_from_the_header(tmp_path: Path) -> None:
     frames, adapter = replay(CsvAdapter, tmp_path / "absent.csv", columns={
         "voltage": {"column": "U"}, "current": {"column": "I"}})
     assert frames == [] and "file not found" in adapter.errors[0]
+    neware = tmp_path / "units.csv"
+    neware.write_text("Cycle Index,Step Index,Step Type,Cumulative Time,Current(mA),Voltage(V),"
+                      "Capacity(Wh)\n1,1,Rest,00:00:00,0.5,3.1,0\n1,1,Rest,00:01:00,0.5,3.2,0\n")
+    frames, adapter = replay(NewareCsvAdapter, neware)
+    assert adapter.rejects == 1 and "column 7 ('Capacity(Wh)'): unit not understood" in \
+        adapter.errors[0]
+    assert "q_step_Ah" not in frames[0].arrays and frames[0].units["current"] == "A"
+    np.testing.assert_array_equal(frames[0].arrays["current"], [5e-4, 5e-4])
 
 
 def test_neware_bad_cells_and_garbled_rows(tmp_path: Path) -> None:
