@@ -798,11 +798,23 @@ class TabularAdapter(RowsAdapter):
         if not c.follow and not path.exists():
             self.reject_error(TabularError(path, None, "file not found"))
             return
+        self.reader.restart(path)  # the glob may match other files by now
         follower = FileFollower(path, self.read_size)
         partial, next_line, idle = b"", 1, 0.0
+        read_error = ""
         try:
             while not self._stop.is_set():
-                chunk = follower.read_lines()
+                try:
+                    chunk = follower.read_lines()
+                except OSError as exc:  # e.g. no permission yet: counted once, retried
+                    if str(exc) != read_error:
+                        read_error = str(exc)
+                        self.reject_error(TabularError(follower.path, None, f"cannot read: {exc}"))
+                    if not c.follow:
+                        break
+                    await asyncio.sleep(c.poll_s)
+                    continue
+                read_error = ""
                 if chunk.restarted:  # rotated, replaced or truncated: the old file's last line
                     for frame in self._end_of_file(partial, next_line):
                         yield frame

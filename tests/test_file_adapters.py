@@ -539,6 +539,23 @@ def test_not_an_mpt_is_counted_and_the_replacement_is_read(tmp_path: Path) -> No
     np.testing.assert_array_equal(published(frames)["voltage"], [3.1, 3.2])
 
 
+async def test_unreadable_path_is_counted_once_and_retried(tmp_path: Path) -> None:
+    path = tmp_path / "later.mpt"
+    path.mkdir()  # not a file (yet): open() fails with an OSError
+    adapter = BiologicMptAdapter(STREAM, BiologicMptAdapter.Config(path=str(path), **FAST))
+
+    async def fix() -> None:
+        await until(lambda: adapter.rejects == 1)
+        await asyncio.sleep(0.05)  # several more polls fail the same way
+        path.rmdir()
+        path.write_bytes(b"EC-Lab ASCII FILE\nNb header lines : 3\ntime/s\tEwe/V\tI/mA\n"
+                         b"0\t3.1\t1\n")
+
+    frames = await run(adapter, fix())
+    assert adapter.rejects == 1 and "cannot read" in adapter.errors[0]
+    np.testing.assert_array_equal(published(frames)["voltage"], [3.1])
+
+
 def test_missing_columns_are_named_from_the_header(tmp_path: Path) -> None:
     path = tmp_path / "nocurrent.mpt"
     path.write_bytes(b"EC-Lab ASCII FILE\nNb header lines : 3\ntime/s\tEwe/V\n0\t3.1\n")
