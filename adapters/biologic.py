@@ -339,7 +339,8 @@ class BiologicMprAdapter(RowsAdapter):
                 signature, idle = now, 0.0
                 try:
                     mpr = read_mpr(path)
-                except (OSError, ValueError, AssertionError, KeyError) as exc:
+                except (OSError, ValueError, AssertionError, KeyError,
+                        NotImplementedError) as exc:  # galvani: unknown column ids
                     failure = exc  # while following: EC-Lab may be mid-write, retried
                 else:
                     failure = None
