@@ -8,6 +8,10 @@ from .base import Adapter, AdapterConfig
 
 REGISTRY: dict[str, str] = {
     "sim.potentiostat": "adapters.sim.potentiostat:SimPotentiostat",
+    "biologic.mpt": "adapters.biologic:BiologicMptAdapter",
+    "biologic.mpr": "adapters.biologic:BiologicMprAdapter",
+    "neware.csv": "adapters.neware:NewareCsvAdapter",
+    "csv": "adapters.generic_csv:CsvAdapter",
     "modbus.pressure": "adapters.modbus:ModbusPressureAdapter",
     "scpi": "adapters.scpi:ScpiAdapter",
     "zilien.tsv": "adapters.zilien:ZilienAdapter",
