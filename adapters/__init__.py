@@ -17,6 +17,8 @@ REGISTRY: dict[str, str] = {
     "zilien.tsv": "adapters.zilien:ZilienAdapter",
     "pfeiffer.sac": "adapters.pfeiffer:QuadstarSacAdapter",
     "pfeiffer.dat": "adapters.pfeiffer:PvMassSpecDatAdapter",
+    "dectris.stream": "adapters.dectris:DectrisStreamAdapter",
+    "detector.folder": "adapters.image_folder:ImageFolderAdapter",
 }
 
 
