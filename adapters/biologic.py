@@ -16,11 +16,10 @@ what the ``.mpt`` export writes.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -50,6 +49,7 @@ from .tabular import (
 
 ENCODING = "cp1252"
 MAGIC = "EC-Lab ASCII FILE"
+MAX_HEADER_LINES = 100_000   # a larger 'Nb header lines' is garbage
 _HEADER_COUNT = re.compile(r"Nb header lines\s*:\s*(\d+)")
 _ACQUISITION = re.compile(r"Acquisition started on\s*:\s*(.+?)\s*$")
 _LOOP = re.compile(r"Loop\s+(\d+)\s+from point number\s+(\d+)\s+to\s+(\d+)")
@@ -162,9 +162,9 @@ class MptFormat(TableFormat):
         if match is None:
             raise MptError(path, 2, "no 'Nb header lines : N'")
         n = int(match.group(1))
-        if n < 3:
+        if not 3 <= n <= MAX_HEADER_LINES:
             raise MptError(path, 2, f"'Nb header lines : {n}': the column names are on line N, "
-                                    "at least 3")
+                                    f"at least 3 (and at most {MAX_HEADER_LINES})")
         if len(lines) < n:
             return None
         columns = lines[n - 1].rstrip("\t").split("\t")
@@ -319,45 +319,45 @@ class BiologicMprAdapter(RowsAdapter):
         super().__init__(stream, config)
         c = self.config
         self.start_ns = parse_start_time(c.start_time, c.utc_offset_h) if c.start_time else None
-        self._stop = asyncio.Event()
+        self.open()
+
+    # the file is re-read whole whenever its size or mtime changes
+    def open(self) -> None:
+        self._seen, self._signature, self._failure = 0, None, None
         self._origin: tuple[int, str] | None = None
 
-    def stop(self) -> None:
-        self._stop.set()
+    def close(self) -> None:
+        pass
 
-    async def frames(self) -> AsyncIterator[Frame]:
-        c = self.config
-        path = Path(c.path)
-        seen, signature, idle, failure = 0, None, 0.0, None
-        while not self._stop.is_set():
-            try:
-                st = os.stat(path)
-                now = (st.st_size, st.st_mtime_ns)
-            except FileNotFoundError:
-                now = None
-            if now is not None and now != signature:
-                signature, idle = now, 0.0
-                try:
-                    mpr = read_mpr(path)
-                except (OSError, ValueError, AssertionError, KeyError,
-                        NotImplementedError) as exc:  # galvani: unknown column ids
-                    failure = exc  # while following: EC-Lab may be mid-write, retried
-                else:
-                    failure = None
-                    if len(mpr.data["time/s"]) < seen:  # a new, shorter file: start again
-                        seen, self._origin = 0, None
-                    rows = self._rows(mpr, seen)
-                    seen = len(mpr.data["time/s"])
-                    if rows is not None:
-                        for frame in self.publish(rows):
-                            yield frame
-            if not c.follow or (c.idle_timeout_s is not None and idle >= c.idle_timeout_s):
-                break
-            await asyncio.sleep(c.poll_s)
-            idle += c.poll_s
-        if failure is not None or signature is None:
-            reason = "file not found" if signature is None else f"not readable: {failure!r}"
-            self.warnings.warn(self.reject(str(path), reason))
+    def poll(self) -> tuple[list[Frame], bool]:
+        try:
+            st = os.stat(self.path)
+            now = (st.st_size, st.st_mtime_ns)
+        except FileNotFoundError:
+            now = None
+        if now is None or now == self._signature:
+            return [], False
+        self._signature = now
+        try:
+            mpr = read_mpr(self.path)
+        except (OSError, ValueError, AssertionError, KeyError,
+                NotImplementedError) as exc:  # galvani: unknown column ids
+            self._failure = exc  # while following: EC-Lab may be mid-write, retried
+            return [], True
+        self._failure = None
+        if len(mpr.data["time/s"]) < self._seen:  # a new, shorter file: start again
+            self._seen, self._origin = 0, None
+        rows = self._rows(mpr, self._seen)
+        self._seen = len(mpr.data["time/s"])
+        return (self.publish(rows) if rows is not None else []), True
+
+    def finish(self, complete: bool) -> list[Frame]:
+        """A file still unreadable (or never found) at the end is counted once."""
+        if self._failure is not None or self._signature is None:
+            reason = "file not found" if self._signature is None else \
+                f"not readable: {self._failure!r}"
+            self.reject(str(self.path), reason)
+        return []
 
     def _rows(self, mpr: MprData, seen: int) -> Rows | None:
         """The points after the first ``seen`` under opmon's names; points without time,
@@ -365,7 +365,7 @@ class BiologicMprAdapter(RowsAdapter):
         arrays, units = mpr.standard()
         missing = [name for name in REQUIRED if name not in arrays]
         if missing:
-            self.warnings.warn(self.reject(str(mpr.path), f"no column for {missing}"))
+            self.reject(str(mpr.path), f"no column for {missing}")
             return None
         arrays = {k: v[seen:] for k, v in arrays.items()}
         records = np.arange(seen + 1, seen + 1 + arrays["t"].size)
@@ -374,8 +374,8 @@ class BiologicMprAdapter(RowsAdapter):
             source = next(c for c, s in STANDARD_COLUMNS.items() if s[0] == name and c in mpr.data)
             for i in np.flatnonzero(~np.isfinite(arrays[name]) & ok):
                 ok[i] = False
-                self.warnings.warn(self.reject(f"{mpr.path}: record {records[i]}, column "
-                                               f"{source!r}", "no value (NaN)"))
+                self.reject(f"{mpr.path}: record {records[i]}, column {source!r}",
+                            "no value (NaN)")
         if not ok.any():
             return None
         arrays = {k: v[ok] for k, v in arrays.items()}

@@ -1,9 +1,28 @@
 """Follow a file that an instrument program is still writing, like ``tail -F``.
 
-``FileFollower.read_lines()`` returns the complete lines appended since the last call. A partial
-last line (the writer is mid-row) is held back until its newline arrives. If the file is replaced
-(a new inode) or truncated (smaller than what was read), the follower starts again from the top of
-the new file and reports it through ``rotations``, so the adapter can re-read the header.
+``FileFollower`` reads what a file gained since the last call, in one of two modes (one
+follower is used in one mode only):
+
+- ``read_lines()``: the complete lines. A partial last line (the writer is mid-row) is held
+  back until its newline arrives; CRLF and LF endings are both taken.
+- ``read_bytes()``: the bytes as they are (binary formats that the caller cuts itself).
+
+One call reads at most ``max_read`` bytes (8 MiB by default), so catching up on a large backlog
+takes several calls of bounded memory; ``Chunk.more`` says that more is already waiting.
+
+If the path comes to name another file (rotation by rename, replacement by a new inode) or the
+file shrinks below what was read (truncation), the follower first reads the rest of the old
+file, then starts again from the top of the new one and says so with ``restarted`` (line
+numbers start again at 1), so the caller can re-read the header. While the path names no file
+at all (mid-rotation, or a file that does not exist yet), the old handle is kept, or nothing is
+read.
+
+**The last line of a file.** A rotated, replaced or truncated file is complete, so its last
+line is complete too, with or without a newline (EC-Lab writes its files without a final
+newline): that line is handed over as the old file's last line before the restart. The caller
+says when the current file is complete in the same way with ``read_lines(final=True)``
+(the end of a replay, an adapter that stops, the next file of a sequence has appeared): once
+the read reaches the end of the file, the unfinished line is handed over as a line.
 
 Reads are binary, so a multi-byte character split across two writes is never decoded half; the
 caller decodes each complete line with the vendor's encoding.
@@ -13,32 +32,67 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+DEFAULT_MAX_READ = 8 << 20
 
 
 @dataclass
 class Chunk:
-    """Complete lines read in one pass. ``first_line`` is the 1-based line number of
+    """Complete lines read in one call. ``first_line`` is the 1-based line number of
     ``lines[0]`` in the current file; ``restarted`` says the file was replaced or truncated
-    before these lines (line numbers start again at 1)."""
+    before these lines (line numbers start again at 1); ``more`` that the call stopped at
+    ``max_read`` with more of the file already there."""
 
     lines: list[bytes]
     first_line: int
     restarted: bool = False
+    more: bool = False
+
+    @property
+    def content(self) -> bool:
+        return bool(self.lines) or self.more
+
+
+@dataclass
+class ByteChunk:
+    """Bytes read in one call; ``offset`` is the position of ``data[0]`` in the current file.
+    ``restarted`` and ``more`` as for ``Chunk``."""
+
+    data: bytes
+    offset: int
+    restarted: bool = False
+    more: bool = False
+
+    @property
+    def content(self) -> bool:
+        return bool(self.data) or self.more
+
+
+_C = TypeVar("_C", Chunk, ByteChunk)
 
 
 class FileFollower:
-    def __init__(self, path: str | Path, read_size: int = 1 << 20, from_start: bool = True):
+    """``path`` followed from its start (``from_start``) or from its end at the first open.
+    ``read_size`` is the size of one read from the OS, ``max_read`` the most one call reads."""
+
+    def __init__(self, path: str | Path, read_size: int = 1 << 20, from_start: bool = True,
+                 max_read: int = DEFAULT_MAX_READ):
+        if read_size < 1 or max_read < 1:
+            raise ValueError("read_size and max_read must be positive")
         self.path = Path(path)
         self.read_size = read_size
+        self.max_read = max_read
         self._fh = None
         self._ino: tuple[int, int] | None = None
         self._offset = 0
         self._partial = b""
         self._next_line = 1
         self._from_start = from_start
+        self._restarting = False
         self.rotations = 0
         self.bytes_read = 0
 
@@ -47,6 +101,7 @@ class FileFollower:
             self._fh.close()
             self._fh = None
 
+    # -- the file under the path ------------------------------------------------------------
     def _open(self) -> bool:
         try:
             fh = open(self.path, "rb")  # noqa: SIM115 - kept open between polls
@@ -54,7 +109,6 @@ class FileFollower:
             return False
         st = os.fstat(fh.fileno())
         self._fh, self._ino = fh, (st.st_dev, st.st_ino)
-        self._offset, self._partial, self._next_line = 0, b"", 1
         if not self._from_start:
             self._offset = st.st_size
             fh.seek(st.st_size)
@@ -71,65 +125,101 @@ class FileFollower:
             return True
         return st.st_size < self._offset
 
-    def read_lines(self) -> Chunk:
-        """The complete lines appended since the last call (possibly none)."""
-        restarted = False
+    def _read(self, drain: Callable[[bool], _C], final: bool) -> _C:
+        """One call of either mode: open the file, or finish the old one and restart on the new
+        one. ``drain(final)`` reads the open file (an empty chunk when none is open)."""
         if self._fh is None:
-            if not self._open():
-                return Chunk([], self._next_line)
+            self._open()
         elif self._replaced():
-            lines = self._drain()  # finish the old file's complete lines first
-            if lines.lines:
-                return lines
+            chunk = drain(True)  # the rest of the old file, which is complete
+            if chunk.content:
+                return chunk
             self.close()
+            self._offset, self._partial, self._next_line = 0, b"", 1
             self.rotations += 1
-            restarted = True
-            if not self._open():
-                return Chunk([], 1, True)
-        chunk = self._drain()
-        chunk.restarted = restarted
+            self._restarting = True  # also when opening the new file fails: said next time
+            self._open()
+        chunk = drain(final)
+        if self._restarting:
+            chunk.restarted, self._restarting = True, False
         return chunk
 
-    def _drain(self) -> Chunk:
+    def _take(self) -> tuple[bytes, bool]:
+        """Up to ``max_read`` bytes of what the open file gained, and whether that limit
+        stopped the read."""
         assert self._fh is not None
-        data = bytearray()
-        while True:
-            block = self._fh.read(self.read_size)
+        blocks, total = [], 0
+        while total < self.max_read:
+            block = self._fh.read(min(self.read_size, self.max_read - total))
             if not block:
                 break
-            data += block
-        if not data:
+            blocks.append(block)
+            total += len(block)
+        data = blocks[0] if len(blocks) == 1 else b"".join(blocks)
+        self._offset += total
+        self.bytes_read += total
+        return data, total >= self.max_read
+
+    # -- lines ------------------------------------------------------------------------------
+    def read_lines(self, final: bool = False) -> Chunk:
+        """The complete lines appended since the last call (possibly none). With ``final``
+        (the file is complete), once the end is reached an unfinished last line is one too."""
+        return self._read(self._drain_lines, final)
+
+    def _drain_lines(self, final: bool) -> Chunk:
+        if self._fh is None:
             return Chunk([], self._next_line)
-        self._offset += len(data)
-        self.bytes_read += len(data)
-        buf = self._partial + bytes(data)
-        cut = buf.rfind(b"\n")
-        if cut < 0:
-            self._partial = buf
-            return Chunk([], self._next_line)
-        self._partial = buf[cut + 1:]
-        lines = buf[:cut].split(b"\n")
-        lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
+        data, more = self._take()
+        partial = self._partial
+        lines = data.split(b"\n") if data else [b""]
+        lines[0] = partial + lines[0]
+        self._partial = lines.pop()
+        if final and not more and self._partial:
+            lines.append(self._partial)  # the file is complete: so is its last line
+            self._partial = b""
+        if b"\r" in data or b"\r" in partial:
+            lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
         first = self._next_line
         self._next_line += len(lines)
-        return Chunk(lines, first)
+        return Chunk(lines, first, more=more)
 
     def pending_partial(self) -> bytes:
-        """The bytes of an unfinished last line (a file that ends without a newline)."""
+        """The bytes of an unfinished last line held back (a file that ends without a
+        newline, or a row the writer has not finished)."""
         return self._partial
 
+    # -- bytes ------------------------------------------------------------------------------
+    def read_bytes(self) -> ByteChunk:
+        """The bytes appended since the last call (possibly none)."""
+        return self._read(self._drain_bytes, False)
+
+    def _drain_bytes(self, final: bool) -> ByteChunk:
+        if self._fh is None:
+            return ByteChunk(b"", self._offset)
+        start = self._offset
+        data, more = self._take()
+        return ByteChunk(data, start, more=more)
+
+    # -- polling ----------------------------------------------------------------------------
     async def follow(self, poll_s: float = 0.2, stop: asyncio.Event | None = None,
                      idle_timeout_s: float | None = None) -> AsyncIterator[Chunk]:
         """Chunks as the file grows, polling every ``poll_s``. Ends when ``stop`` is set, or after
-        ``idle_timeout_s`` without new data (``None``: follow forever)."""
+        ``idle_timeout_s`` without new data (``None``: follow forever); the unfinished last line
+        is then handed over as a last chunk."""
         idle = 0.0
         while stop is None or not stop.is_set():
             chunk = self.read_lines()
-            if chunk.lines or chunk.restarted:
+            if chunk.content or chunk.restarted:
                 idle = 0.0
                 yield chunk
                 continue
             if idle_timeout_s is not None and idle >= idle_timeout_s:
-                return
+                break
             await asyncio.sleep(poll_s)
             idle += poll_s
+        while True:
+            chunk = self.read_lines(final=True)
+            if chunk.lines or chunk.restarted:
+                yield chunk
+            if not chunk.more:
+                return

@@ -28,7 +28,6 @@ trailing block waits for its remaining bytes.
 from __future__ import annotations
 
 import math
-import os
 import re
 import struct
 from collections.abc import Callable
@@ -42,12 +41,9 @@ import numpy as np
 
 from stream.frame import Frame
 
-from .zilien import (
-    FollowedFileAdapter,
-    FollowedFileConfig,
-    TableError,
-    TextFileAdapter,
-)
+from .base import InputError
+from .followed import FollowedFileAdapter, FollowedFileConfig, TextFileAdapter
+from .tabular import TabularError
 
 # -- QUADSTAR .sac --------------------------------------------------------------------------
 
@@ -65,13 +61,11 @@ MAX_SCAN_BYTES = 1 << 26
 FSR_EXPONENTS = range(-20, 7)   # 1e-20 .. 1e6 A: anything else is a garbled block
 
 
-class SacError(ValueError):
+class SacError(InputError):
     """Bad input in a .sac file: names the file, the byte offset and the field or scan."""
 
     def __init__(self, path: Path | str, where: str, reason: str):
-        self.where = f"{path}: {where}"
-        self.reason = reason
-        super().__init__(f"{self.where}: {reason}")
+        super().__init__(f"{path}: {where}", reason)
 
 
 def _text(raw: bytes) -> str:
@@ -222,7 +216,7 @@ class SacReader:
     saturated points go to ``bad(where, reason)`` in file order; a bad header makes the reader
     skip the file (``dead``) until ``restart``."""
 
-    def __init__(self, path: Path | str, bad: Callable[[str, str], None],
+    def __init__(self, path: Path | str, bad: Callable[[str, str], object],
                  traces: list[int] | None = None):
         self.path = Path(path)
         self.bad = bad
@@ -293,56 +287,6 @@ class SacReader:
                      f"the header says {h.n_scans} scans, the file holds {self.next_scan}")
 
 
-class ByteFollower:
-    """The bytes a file gained since the last read; like ``FileFollower`` it starts again
-    from the top when the path names a new file (rotation) or the file shrank (truncation)."""
-
-    def __init__(self, path: Path, read_size: int = 1 << 20):
-        self.path = path
-        self.read_size = read_size
-        self._fh = None
-        self._id: tuple[int, int] | None = None
-        self._offset = 0
-
-    def read(self) -> tuple[bytes, bool]:
-        """(new bytes, whether the file was replaced or truncated before them)."""
-        restarted = False
-        if self._fh is not None and self._replaced():
-            data = self._drain()
-            if data:
-                return data, False  # the old file's last bytes first
-            self.close()
-            restarted = True
-        if self._fh is None:
-            try:
-                self._fh = open(self.path, "rb")  # noqa: SIM115 - kept open between polls
-            except FileNotFoundError:
-                return b"", restarted
-            st = os.fstat(self._fh.fileno())
-            self._id, self._offset = (st.st_dev, st.st_ino), 0
-        return self._drain(), restarted
-
-    def _replaced(self) -> bool:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return False
-        return (st.st_dev, st.st_ino) != self._id or st.st_size < self._offset
-
-    def _drain(self) -> bytes:
-        assert self._fh is not None
-        data = bytearray()
-        while block := self._fh.read(self.read_size):
-            data += block
-        self._offset += len(data)
-        return bytes(data)
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-
-
 class SacConfig(FollowedFileConfig):
     traces: list[int] | None = None   # trace indices to publish (None: every mass-scan trace)
 
@@ -359,23 +303,23 @@ class QuadstarSacAdapter(FollowedFileAdapter):
     type_name = "pfeiffer.sac"
     Config = SacConfig
     config: SacConfig
+    binary = True
 
     def __init__(self, stream: str, config: SacConfig | None = None):
         super().__init__(stream, config)
-        self.reader = SacReader(self.path, self.bad, self.config.traces)
-        self._bytes = ByteFollower(self.path)
+        self.reader = SacReader(self.path, self.reject, self.config.traces)
 
-    def poll(self, final: bool) -> tuple[list[Frame], bool]:
-        data, restarted = self._bytes.read()
-        if restarted:
-            self.restarts += 1
-            self.reader.restart()
-        frames = self.feed(data) if data else []
-        if final:
+    def new_file(self, path: Path) -> None:
+        super().new_file(path)
+        self.reader.restart()
+
+    def end_of_file(self, complete: bool) -> list[Frame]:
+        """A whole file: a partial last scan, fewer scans than the header says."""
+        if complete:
             self.reader.finish()
-        return frames, bool(data) or restarted
+        return []
 
-    def feed(self, data: bytes) -> list[Frame]:
+    def feed_bytes(self, data: bytes) -> list[Frame]:
         """Frames from the bytes the file gained."""
         spectra = self.reader.feed(data)
         if not spectra:
@@ -423,12 +367,12 @@ class DatHeader:
 
 def parse_dat_header(path: Path | str, lines: list[str]) -> DatHeader | None:
     """The header of a PV MassSpec export from its first lines; None while its column row has
-    not arrived. Raises TableError (naming the line and column) for anything else."""
+    not arrived. Raises TabularError (naming the line and column) for anything else."""
     path = Path(path)
     if not lines:
         return None
     if not lines[0].startswith("PV MassSpec"):
-        raise TableError(path, 1, "not a PV MassSpec export (no 'PV MassSpec' first line)")
+        raise TabularError(path, 1, "not a PV MassSpec export (no 'PV MassSpec' first line)")
     fields: dict[str, Any] = {}
     n_points = None
     for number, line in enumerate(lines[:MAX_DAT_HEADER_LINES], start=1):
@@ -437,17 +381,17 @@ def parse_dat_header(path: Path | str, lines: list[str]) -> DatHeader | None:
             columns = line.rstrip("\r\n").split("\t")
             for k, name in enumerate(DAT_TIME_COLUMNS):
                 if k >= len(columns) or columns[k].strip() != name:
-                    raise TableError(path, number, f"expected column {name!r}", k + 1,
+                    raise TabularError(path, number, f"expected column {name!r}", k + 1,
                                      columns[k] if k < len(columns) else None)
             masses = []
             for k, name in enumerate(columns[len(DAT_TIME_COLUMNS):], len(DAT_TIME_COLUMNS)):
                 try:
                     masses.append(float(name))
                 except ValueError:
-                    raise TableError(path, number, "unknown column: not a mass in amu", k + 1,
+                    raise TabularError(path, number, "unknown column: not a mass in amu", k + 1,
                                      name) from None
             if not masses or not np.all(np.isfinite(masses)):
-                raise TableError(path, number, "no mass columns")
+                raise TabularError(path, number, "no mass columns")
             return DatHeader(path, lines[0].strip(), fields, n_points, np.array(masses),
                              number + 1)
         if match := _DAT_RANGE.search(text):
@@ -462,7 +406,7 @@ def parse_dat_header(path: Path | str, lines: list[str]) -> DatHeader | None:
         elif text.startswith("Run Path and Name:"):
             fields["run"] = text.split(":", 1)[1].strip()
     if len(lines) >= MAX_DAT_HEADER_LINES:
-        raise TableError(path, MAX_DAT_HEADER_LINES, f"no '{DAT_TIME_COLUMNS[0]}' column row "
+        raise TabularError(path, MAX_DAT_HEADER_LINES, f"no '{DAT_TIME_COLUMNS[0]}' column row "
                          f"in the first {MAX_DAT_HEADER_LINES} lines")
     return None
 
@@ -477,11 +421,11 @@ class DatScan:
 
 
 def parse_dat_row(header: DatHeader, line: str, number: int) -> DatScan:
-    """One scan row; raises TableError naming the line and column (a NaN row included)."""
+    """One scan row; raises TabularError naming the line and column (a NaN row included)."""
     cells = line.rstrip("\r\n").split("\t")
     n_columns = len(DAT_TIME_COLUMNS) + header.masses.size
     if len(cells) != n_columns:
-        raise TableError(header.path, number, f"{len(cells)} fields, expected {n_columns} "
+        raise TabularError(header.path, number, f"{len(cells)} fields, expected {n_columns} "
                          "(truncated row?)")
     parsed: list[Any] = []
     # relative s, epoch s (Decimal: exact to the ns), step
@@ -489,23 +433,23 @@ def parse_dat_row(header: DatHeader, line: str, number: int) -> DatScan:
         try:
             parsed.append(convert(cells[k].strip()))
         except (ValueError, InvalidOperation):
-            raise TableError(header.path, number, f"not a number: {cells[k].strip()[:40]!r}",
+            raise TabularError(header.path, number, f"not a number: {cells[k].strip()[:40]!r}",
                              k + 1, DAT_TIME_COLUMNS[k]) from None
     relative, absolute, step = parsed
     if not (math.isfinite(relative) and absolute.is_finite() and abs(absolute) < MAX_EPOCH_S):
-        raise TableError(header.path, number, f"times {cells[0].strip()!r}, "
+        raise TabularError(header.path, number, f"times {cells[0].strip()!r}, "
                          f"{cells[1].strip()!r} s out of range", 2, DAT_TIME_COLUMNS[1])
     values_text = cells[len(DAT_TIME_COLUMNS):]
     try:
         values = np.array(values_text, dtype=np.float64)
     except ValueError:
         k = next(k for k, text in enumerate(values_text) if not _is_number(text))
-        raise TableError(header.path, number, f"not a number: {values_text[k].strip()[:40]!r}",
+        raise TabularError(header.path, number, f"not a number: {values_text[k].strip()[:40]!r}",
                          k + 1 + len(DAT_TIME_COLUMNS), f"{header.masses[k]:g} amu") from None
     bad = np.flatnonzero(~np.isfinite(values))
     if bad.size:
         k = int(bad[0])
-        raise TableError(header.path, number, f"NaN row: {bad.size} of {values.size} values "
+        raise TabularError(header.path, number, f"NaN row: {bad.size} of {values.size} values "
                          f"are {values_text[k].strip()!r}; the scan is dropped",
                          k + 1 + len(DAT_TIME_COLUMNS), f"{header.masses[k]:g} amu")
     return DatScan(number, relative, int(absolute * 1_000_000_000), step, values)
@@ -535,8 +479,8 @@ class PvMassSpecDatAdapter(TextFileAdapter):
         config = config or DatConfig()
         super().__init__(stream, config, config.encoding)
 
-    def new_file(self) -> None:
-        super().new_file()
+    def new_file(self, path: Path) -> None:
+        super().new_file(path)
         self.rows_seen = 0          # scan rows of this file, rejected ones included
 
     def read_header(self, lines: list[str]) -> DatHeader | None:
@@ -551,8 +495,8 @@ class PvMassSpecDatAdapter(TextFileAdapter):
             self.rows_seen += 1
             try:
                 scan = parse_dat_row(header, line, number)
-            except TableError as exc:
-                self.bad_table(exc)
+            except TabularError as exc:
+                self.reject_error(exc)
                 continue
             self.rows_read += 1
             meta = spectrum_meta(self.rows_seen - 1, line=number, step=scan.step,
@@ -563,10 +507,12 @@ class PvMassSpecDatAdapter(TextFileAdapter):
                                           {"mass": "amu", "ion_current": "A"}, meta))
         return frames
 
-    def end_of_file(self) -> None:
-        """Also: fewer scan rows than the header's TimePoints."""
-        super().end_of_file()
+    def end_of_file(self, complete: bool) -> list[Frame]:
+        """Also, for a whole file: fewer scan rows than the header's TimePoints."""
+        frames = super().end_of_file(complete)
         h = self.header
-        if h is not None and h.n_timepoints is not None and self.rows_seen != h.n_timepoints:
-            self.bad(str(self.path), f"{self.rows_seen} scan rows, the header says "
-                     f"{h.n_timepoints} TimePoints (truncated?)")
+        if complete and h is not None and h.n_timepoints is not None \
+                and self.rows_seen != h.n_timepoints:
+            self.reject(str(self.path), f"{self.rows_seen} scan rows, the header says "
+                        f"{h.n_timepoints} TimePoints (truncated?)")
+        return frames

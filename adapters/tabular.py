@@ -11,23 +11,22 @@ The parts, from the bottom up:
   column) and skipped; the rows come out as ``Rows``, columnar arrays under opmon's names.
 - ``RowsAdapter.publish`` cuts ``Rows`` into blocks (a new block at every change of a segment
   key such as the step, and at ``block_rows`` / ``block_s``) and builds the frames.
-- ``TabularAdapter`` follows a file (or a glob of files written one after another) with
-  ``FileFollower``, or reads it once as a replay, and re-reads the header whenever the file is
-  rotated, replaced or truncated.
+- ``TabularAdapter`` is the ``adapters.followed`` file adapter that feeds its file's lines to a
+  ``TableReader``: it follows a file (or a glob of files written one after another), or reads
+  it once as a replay, and re-reads the header whenever the file is rotated, replaced or
+  truncated.
 """
 
 from __future__ import annotations
 
-import asyncio
 import csv
-import glob
 import logging
 import math
 import re
 import time
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,9 +37,8 @@ from pydantic import Field, field_validator
 
 from stream.frame import Frame
 
-from .base import Adapter, AdapterConfig
-from .follow import FileFollower
-from .timebase import ClockConfig
+from .base import InputError
+from .followed import FollowedFileAdapter, FollowedFileConfig
 
 log = logging.getLogger(__name__)
 
@@ -49,26 +47,22 @@ NAT = np.iinfo(np.int64).min
 _BOM = b"\xef\xbb\xbf"
 
 
-class TabularError(ValueError):
+class TabularError(InputError):
     """Bad input in a text table: names the file, the 1-based line and, where known, the
     1-based column and its name."""
 
     def __init__(self, path: Path | str, line: int | None, reason: str,
                  column: int | None = None, column_name: str | None = None):
-        self.path, self.line, self.reason = Path(path), line, reason
+        self.path, self.line = Path(path), line
         self.column, self.column_name = column, column_name
-        super().__init__(f"{self.where}: {reason}")
-
-    @property
-    def where(self) -> str:
-        text = str(self.path)
-        if self.line is not None:
-            text += f": line {self.line}"
-        if self.column is not None:
-            text += f", column {self.column}"
-            if self.column_name:
-                text += f" ({self.column_name!r})"
-        return text
+        where = str(self.path)
+        if line is not None:
+            where += f": line {line}"
+        if column is not None:
+            where += f", column {column}"
+            if column_name:
+                where += f" ({column_name!r})"
+        super().__init__(where, reason)
 
 
 # -- column mapping -----------------------------------------------------------------------------
@@ -327,7 +321,7 @@ class TableReader:
         self.errors[before:] = sorted(self.errors[before:], key=lambda e: e.line or 0)
         return rows
 
-    def finish(self, partial: bytes, line: int) -> Rows | None:
+    def finish(self, partial: bytes = b"", line: int = 0) -> Rows | None:
         """End of the current file: its last line had no newline (``partial``, may be empty).
         A header still incomplete is reported."""
         rows = self.feed([partial], line) if partial.strip() else None
@@ -612,13 +606,10 @@ def _text_value(cell: str, values: Mapping[str, float] | None) -> float:
 
 # -- blocks and frames --------------------------------------------------------------------------
 
-class RowsConfig(AdapterConfig):
-    """Keys shared by the file adapters (see each adapter's documentation)."""
+class RowsConfig(FollowedFileConfig):
+    """Keys shared by the table adapters (see each adapter's documentation); ``path`` may be
+    a glob (*, ?, [): the matching files are read one after another."""
 
-    path: str = Field(min_length=1)  # the file; a glob (*, ?, [) follows files one after another
-    follow: bool = True              # follow the file as it grows; false: read it once (replay)
-    poll_s: float = Field(0.2, gt=0)  # how often a followed file is checked for new lines
-    idle_timeout_s: float | None = Field(None, gt=0)  # stop after this long without new data
     block_rows: int = Field(0, ge=0)  # at most this many rows per frame (0: what each read gave)
     block_s: float = Field(0.0, ge=0)  # at most this span of instrument time per frame (0: any)
     split_on: list[str] = ["step"]   # a new frame starts whenever one of these arrays changes
@@ -639,53 +630,16 @@ class TabularConfig(RowsConfig):
     decimal: Literal["auto", ".", ","] = "auto"  # decimal mark; auto: detected per file
 
 
-def replay_clock(config: RowsConfig) -> RowsConfig:
-    """A file read once (not followed) trusts the instrument clock, unless the config chose a
-    clock mode or set an offset."""
-    clock = config.clock
-    if config.follow or "mode" in clock.model_fields_set or clock.offset_s is not None:
-        return config
-    return config.model_copy(update={"clock": ClockConfig(**{**clock.model_dump(),
-                                                             "mode": "instrument"})})
-
-
-class WarnLimiter:
-    """Logs the first ``burst`` warnings, then at most one summary per ``interval_s``."""
-
-    def __init__(self, logger: logging.Logger, burst: int = 20, interval_s: float = 10.0):
-        self.logger, self.burst, self.interval_s = logger, burst, interval_s
-        self.count = 0
-        self._suppressed = 0
-        self._last = 0.0
-
-    def warn(self, message: str) -> None:
-        self.count += 1
-        now = time.monotonic()
-        if self.count <= self.burst:
-            self.logger.warning("%s", message)
-            self._last = now
-        elif now - self._last >= self.interval_s:
-            self.logger.warning("%s (and %d similar since the last report)", message,
-                                self._suppressed)
-            self._suppressed, self._last = 0, now
-        else:
-            self._suppressed += 1
-
-
-class RowsAdapter(Adapter):
-    """An adapter that publishes parsed ``Rows`` as blocks of one ``kind``."""
+class RowsAdapter(FollowedFileAdapter):
+    """A file adapter that publishes parsed ``Rows`` as blocks of one ``kind``."""
 
     kind: ClassVar[str] = "echem"
     Config: ClassVar[type[RowsConfig]] = RowsConfig
+    config: RowsConfig
 
-    def __init__(self, stream: str, config: RowsConfig | None = None):
-        config = config if config is not None else self.Config()
-        super().__init__(stream, replay_clock(config))
-        self.warnings = WarnLimiter(log)
-        self.rows_published = 0
-
-    def reject_error(self, exc: TabularError) -> None:
-        self.warnings.warn(self.reject(exc.where, exc.reason))
+    @property
+    def rows_published(self) -> int:
+        return self.rows_read
 
     def block_bounds(self, rows: Rows) -> list[tuple[int, int]]:
         """Where ``rows`` is cut into frames: segment changes, then the size limits."""
@@ -731,20 +685,13 @@ class RowsAdapter(Adapter):
                     meta[key] = _plain(rows.arrays[key][start])
             frames.append(self.make_frame(self.kind, rows.origin_ns + int(round(t0 * 1e9)),
                                           arrays, rows.units, meta, host_ns))
-        self.rows_published += len(rows)
+        self.rows_read += len(rows)
         return frames
-
-    def counters(self) -> dict[str, int]:
-        return {**super().counters(), "rows": self.rows_published}
 
 
 def _plain(value: Any) -> Any:
     """A numpy scalar as a plain Python value (meta is JSON)."""
     return value.item() if isinstance(value, np.generic) else value
-
-
-def is_glob(path: str) -> bool:
-    return any(ch in path for ch in "*?[")
 
 
 class TabularAdapter(RowsAdapter):
@@ -755,104 +702,34 @@ class TabularAdapter(RowsAdapter):
     technique of a linked experiment)."""
 
     Config: ClassVar[type[TabularConfig]] = TabularConfig
-    read_size: ClassVar[int] = 1 << 20
+    config: TabularConfig
+    globs = True
 
     def __init__(self, stream: str, config: TabularConfig | None = None):
         super().__init__(stream, config)
         c = self.config
         start_ns = parse_start_time(c.start_time, c.utc_offset_h) if c.start_time else None
-        self.reader = TableReader(self.make_format(), self._first_path(), c.encoding, c.decimal,
+        self.reader = TableReader(self.make_format(), self.path, c.encoding, c.decimal,
                                   start_ns, c.utc_offset_h)
-        self._stop = asyncio.Event()
         self._reported_columns: set[tuple[str, ...]] = set()
 
     @abstractmethod
     def make_format(self) -> TableFormat: ...
 
-    def stop(self) -> None:
-        """Ends ``frames()`` at the next poll (after the lines already read)."""
-        self._stop.set()
+    # -- the file handler ------------------------------------------------------------------
+    def new_file(self, path: Path) -> None:
+        super().new_file(path)
+        self.reader.restart(path)
 
-    def _first_path(self) -> Path:
-        files = self._matching()
-        return files[0] if files else Path(self.config.path)
-
-    def _matching(self) -> list[Path]:
-        if not is_glob(self.config.path):
-            return [Path(self.config.path)]
-        return sorted(Path(p) for p in glob.glob(self.config.path))
-
-    def _next_file(self, current: Path) -> Path | None:
-        """The file after ``current`` in name order (the first match if ``current`` is not
-        one of them, e.g. the glob itself while no file exists yet)."""
-        files = self._matching()
-        if current not in files:
-            return files[0] if files else None
-        later = files[files.index(current) + 1:]
-        return later[0] if later else None
-
-    # -- the loop ---------------------------------------------------------------------------
-    async def frames(self) -> AsyncIterator[Frame]:
-        c = self.config
-        path = self._first_path()
-        if not c.follow and not path.exists():
-            self.reject_error(TabularError(path, None, "file not found"))
-            return
-        self.reader.restart(path)  # the glob may match other files by now
-        follower = FileFollower(path, self.read_size)
-        partial, next_line, idle = b"", 1, 0.0
-        read_error = ""
-        try:
-            while not self._stop.is_set():
-                try:
-                    chunk = follower.read_lines()
-                except OSError as exc:  # e.g. no permission yet: counted once, retried
-                    if str(exc) != read_error:
-                        read_error = str(exc)
-                        self.reject_error(TabularError(follower.path, None, f"cannot read: {exc}"))
-                    if not c.follow:
-                        break
-                    await asyncio.sleep(c.poll_s)
-                    continue
-                read_error = ""
-                if chunk.restarted:  # rotated, replaced or truncated: the old file's last line
-                    for frame in self._end_of_file(partial, next_line):
-                        yield frame
-                    self.reader.restart()
-                frames = self._feed(chunk.lines, chunk.first_line)
-                partial, next_line = follower.pending_partial(), chunk.first_line + len(chunk.lines)
-                for frame in frames:
-                    yield frame
-                if chunk.lines or chunk.restarted:
-                    idle = 0.0
-                    await asyncio.sleep(0)
-                    continue
-                successor = self._next_file(follower.path) if is_glob(c.path) else None
-                if successor is not None:  # the current file is done: on to the next one
-                    for frame in self._end_of_file(partial, next_line):
-                        yield frame
-                    follower.close()
-                    follower = FileFollower(successor, self.read_size)
-                    self.reader.restart(successor)
-                    partial, next_line = b"", 1
-                    continue
-                if not c.follow or (c.idle_timeout_s is not None and idle >= c.idle_timeout_s):
-                    break
-                await asyncio.sleep(c.poll_s)
-                idle += c.poll_s
-            for frame in self._end_of_file(partial, next_line):
-                yield frame
-        finally:
-            follower.close()
-
-    def _feed(self, lines: list[bytes], first_line: int) -> list[Frame]:
+    def feed_lines(self, lines: list[bytes], first_line: int) -> list[Frame]:
         host_ns = time.time_ns()
         rows = self.reader.feed(lines, first_line)
         return self._after_parse(rows, host_ns)
 
-    def _end_of_file(self, partial: bytes, line: int) -> list[Frame]:
-        rows = self.reader.finish(partial, line)
-        return self._after_parse(rows, time.time_ns())
+    def end_of_file(self, complete: bool) -> list[Frame]:
+        """A whole file that ends inside its header is reported (its last line, without a
+        newline, has been fed already)."""
+        return self._after_parse(self.reader.finish() if complete else None, time.time_ns())
 
     def _after_parse(self, rows: Rows | None, host_ns: int) -> list[Frame]:
         for exc in self.reader.errors:

@@ -19,58 +19,46 @@ with their line numbers, so a live follower can feed it the lines appended to a 
 
 ``ZilienAdapter`` (type ``zilien.tsv``) follows a TSV as Zilien writes it (or reads it once):
 ``ms.ion_current`` blocks of complete scans, and ``echem`` blocks from the v2 embedded EC-lab
-series, the EC-Lab ``.mpt`` files beside the TSV (followed too, moved by the recorded offset)
-or Zilien's own read-out. ``FollowedFileAdapter`` and ``LineReader`` are the follow/replay
-machinery it shares with ``adapters.pfeiffer``.
+series, the EC-Lab ``.mpt`` files beside the TSV (followed too, read by ``adapters.biologic``'s
+parser and moved by the recorded offset) or Zilien's own read-out. The follow/replay machinery
+is ``adapters.followed``, shared with the other file adapters.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import math
 import re
-from abc import abstractmethod
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from stream.frame import Frame
 
-from .base import Adapter, AdapterConfig
-from .biologic import ENCODING, STANDARD_COLUMNS, MptData, read_mpt
-from .follow import FileFollower
-from .timebase import ClockModel
-
-log = logging.getLogger(__name__)
+from .biologic import (
+    ENCODING,
+    STANDARD_COLUMNS,
+    MptData,
+    MptFormat,
+    acquisition_start,
+    read_mpt,
+    standard_arrays,
+)
+from .followed import FollowedFile, FollowedFileConfig, TextFileAdapter
+from .tabular import TableReader, TabularError
 
 OFFSET_SOURCE_RECORDED = "recorded metadata 'offset (time - EC-Lab time)'"
 OFFSET_SOURCE_CLOCKS = "absolute clocks (Zilien start vs .mpt 'Acquisition started on')"
 _FILE_NAME_TIME = re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2}_\d{2}_\d{2})")
 _MASS_SERIES = re.compile(r"^C\d+M(\d+(?:\.\d+)?)$")
-_ACQUISITION = re.compile(r"Acquisition started on\s*:\s*(\S+ \S+)")
 
-
-class TableError(ValueError):
-    """Bad input in a text table; names the file, the 1-based line and, where known, the
-    column (1-based index and name)."""
-
-    def __init__(self, path: Path | str, line: int | None, reason: str,
-                 column: int | None = None, column_name: str | None = None):
-        self.path, self.line, self.column, self.column_name = Path(path), line, column, column_name
-        self.reason = reason
-        where = f"{path}"
-        if line is not None:
-            where += f": line {line}"
-        if column is not None:
-            where += f", column {column}" + (f" ({column_name!r})" if column_name else "")
-        self.where = where
-        super().__init__(f"{where}: {reason}")
+# Bad input in a text table (file, line, column): the table adapters' error, under the name the
+# Zilien and ixdat readers have always raised
+TableError = TabularError
 
 
 # -- ragged tables: one time column per series, padding below shorter series ------------------
@@ -373,19 +361,6 @@ def glob_escape(text: str) -> str:
     return re.sub(r"([\[\]*?])", r"[\1]", text)
 
 
-def mpt_acquisition_start(mpt: MptData) -> datetime | None:
-    """The .mpt header's 'Acquisition started on' (EC-Lab's wall clock), if it parses."""
-    for line in mpt.header:
-        match = _ACQUISITION.search(line)
-        if match:
-            for fmt in ("%m/%d/%Y %H:%M:%S.%f", "%m/%d/%Y %H:%M:%S"):
-                try:
-                    return datetime.strptime(match.group(1), fmt)
-                except ValueError:
-                    pass
-    return None
-
-
 @dataclass(frozen=True)
 class ClockAlignment:
     time_offset_s: float                 # t_zilien = t_eclab + time_offset_s
@@ -402,7 +377,7 @@ class ClockAlignment:
 def clock_alignment(zf: ZilienFile, mpt: MptData) -> ClockAlignment:
     """How EC-Lab times map onto the Zilien base: the recorded offset when the file has one,
     else the two absolute wall clocks."""
-    acquired = mpt_acquisition_start(mpt)
+    acquired = acquisition_start(mpt.header)
     absolute = None if acquired is None else (acquired - zf.start_local).total_seconds()
     recorded = zf.recorded_offset_s
     if recorded is not None:
@@ -492,281 +467,42 @@ def zilien_frames(path: str | Path, experiment: str, cell: str,
     return frames
 
 
-# -- followed files: the machinery the Zilien and Pfeiffer adapters share ---------------------
-
-LOG_FIRST_REJECTS = 20      # every reject is logged up to this many, then one in LOG_EVERY
-LOG_EVERY_REJECTS = 1000
-
-
-class FollowedFileConfig(AdapterConfig):
-    path: str = Field("", validate_default=True)  # the file to read (required)
-    follow: bool = True                   # follow the file as it is written; false: read it once
-    poll_s: float = Field(0.2, gt=0)      # following: how often to look for new data
-    idle_timeout_s: float | None = None   # following: stop after this long without new data
-
-    @field_validator("path")
-    @classmethod
-    def _path_given(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("required: the file to read")
-        return value
-
-
-class FollowedFileAdapter(Adapter):
-    """A vendor file followed while the instrument program writes it (``follow = true``: the
-    clock model estimates the instrument clock against the receive time) or read once as a
-    replay (``follow = false``: the instrument's own clock, unless the config sets an offset or
-    a clock mode). Subclasses implement ``poll``."""
-
-    Config: ClassVar[type[AdapterConfig]] = FollowedFileConfig
-    config: FollowedFileConfig
-
-    def __init__(self, stream: str, config: FollowedFileConfig | None = None):
-        super().__init__(stream, config)
-        clock = self.config.clock
-        if not self.config.follow and clock.offset_s is None \
-                and "mode" not in clock.model_fields_set:
-            self.timebase = ClockModel(clock.model_copy(update={"mode": "instrument"}))
-        self.path = Path(self.config.path)
-        self._stop = asyncio.Event()
-        self.restarts = 0
-        self.rows_read = 0     # data rows (text) or scans (binary) accepted
-
-    @abstractmethod
-    def poll(self, final: bool) -> tuple[list[Frame], bool]:
-        """The frames from what the file gained, and whether anything arrived. ``final``: no
-        more data will come (the end of a replay, or the follow timed out), so an unfinished
-        last line is a row and the end-of-file checks run."""
-
-    def stop(self) -> None:
-        """Ends a follow at the next poll (after the data already read)."""
-        self._stop.set()
-
-    async def frames(self) -> AsyncIterator[Frame]:
-        c = self.config
-        if not c.follow:
-            if not self.path.is_file():
-                self.bad(str(self.path), "file not found")
-                return
-            for frame in self.poll(final=True)[0]:
-                yield frame
-            return
-        idle = 0.0
-        while not self._stop.is_set():
-            frames, active = self.poll(final=False)
-            for frame in frames:
-                yield frame
-            if active:
-                idle = 0.0
-                await asyncio.sleep(0)
-                continue
-            if c.idle_timeout_s is not None and idle >= c.idle_timeout_s:
-                for frame in self.poll(final=True)[0]:
-                    yield frame
-                return
-            await asyncio.sleep(c.poll_s)
-            idle += c.poll_s
-
-    def bad(self, where: str, reason: str) -> None:
-        """Count a bad input (``where``: file and line/column, scan, ...) and log it, the first
-        ``LOG_FIRST_REJECTS`` and then one in ``LOG_EVERY_REJECTS``."""
-        message = self.reject(where, reason)
-        if self.rejects <= LOG_FIRST_REJECTS or self.rejects % LOG_EVERY_REJECTS == 0:
-            log.warning("%s (reject %d)", message, self.rejects)
-
-    def bad_table(self, exc: TableError) -> None:
-        self.bad(exc.where, exc.reason)
-
-    def frame_on(self, stream: str, kind: str, instrument_t0_ns: int,
-                 arrays: dict[str, np.ndarray], units: dict[str, str],
-                 meta: dict[str, Any]) -> Frame:
-        """``make_frame`` for a stream other than the adapter's own (one file, two streams)."""
-        frame = self.make_frame(kind, instrument_t0_ns, arrays, units, meta)
-        frame.stream = stream
-        return frame
-
-    def counters(self) -> dict[str, int]:
-        return {**super().counters(), "rows": self.rows_read, "file_restarts": self.restarts}
-
-
-class LineReader:
-    """The complete lines a followed text file gained, decoded; with ``final`` (the file is
-    complete) also its last line if it has no newline, once."""
-
-    def __init__(self, path: Path, encoding: str):
-        self.follower = FileFollower(path)
-        self.encoding = encoding
-        self._flushed_line = 0      # the unfinished last line already returned
-
-    def read(self, final: bool) -> tuple[list[str], int, bool]:
-        """(lines, 1-based number of the first, whether the file was replaced before them)."""
-        chunk = self.follower.read_lines()
-        if chunk.restarted:
-            self._flushed_line = 0
-        lines = chunk.lines
-        last = chunk.first_line + len(lines)
-        if final and self.follower.pending_partial() and self._flushed_line != last:
-            lines = [*lines, self.follower.pending_partial()]
-            self._flushed_line = last
-        return ([line.decode(self.encoding, errors="replace") for line in lines],
-                chunk.first_line, chunk.restarted)
-
-
-class TextFileAdapter(FollowedFileAdapter):
-    """A followed text file that starts with a header. Subclasses parse the header
-    (``read_header``: None while more lines are needed, TableError for a file it cannot be),
-    set up for it (``start_file``: False refuses the file) and turn data lines into frames
-    (``rows``). A refused or broken file is skipped until a new one replaces it."""
-
-    def __init__(self, stream: str, config: FollowedFileConfig | None, encoding: str):
-        super().__init__(stream, config)
-        self._lines = LineReader(self.path, encoding)
-        self.new_file()
-
-    def new_file(self) -> None:
-        """Forget the current file (the start, or the file was replaced)."""
-        self.header: Any = None
-        self._head: list[str] = []
-        self._dead = False
-
-    @abstractmethod
-    def read_header(self, lines: list[str]) -> Any: ...
-
-    def start_file(self, header: Any) -> bool:
-        return True
-
-    @abstractmethod
-    def rows(self, lines: list[str], first_line: int) -> list[Frame]: ...
-
-    def file_replaced(self) -> list[Frame]:
-        """The last frames of a file that another one replaced."""
-        return []
-
-    def poll(self, final: bool) -> tuple[list[Frame], bool]:
-        frames, active = self.read_text(final)
-        if final:
-            self.end_of_file()
-        return frames, active
-
-    def read_text(self, final: bool) -> tuple[list[Frame], bool]:
-        lines, first_line, restarted = self._lines.read(final)
-        frames = []
-        if restarted:
-            frames += self.file_replaced()
-            self.restarts += 1
-            self.new_file()
-        if lines:
-            frames += self.feed(lines, first_line)
-        return frames, bool(lines) or restarted
-
-    def feed(self, lines: list[str], first_line: int) -> list[Frame]:
-        """Frames from decoded lines; ``first_line`` is the 1-based number of the first (the
-        header is read from line 1 on)."""
-        if self._dead:
-            return []
-        if self.header is None:
-            self._head.extend(lines)
-            try:
-                header = self.read_header(self._head)
-            except TableError as exc:
-                self.bad_table(exc)
-                self._dead = True
-                return []
-            if header is None:
-                return []
-            first_line = header.data_start_line
-            lines, self._head = self._head[first_line - 1:], []
-            if not self.start_file(header):
-                self._dead = True
-                return []
-            self.header = header
-        return self.rows(lines, first_line)
-
-    def end_of_file(self) -> None:
-        """Checks once the file is complete (subclasses add theirs)."""
-        if self.header is None and self._head and not self._dead:
-            self.bad(f"{self.path}: line {len(self._head)}",
-                     "the file ends inside its header (truncated?)")
-
-
 # -- EC-Lab files followed beside the TSV -------------------------------------------------------
 
-_NB_HEADER_LINES = re.compile(r"Nb header lines\s*:\s*(\d+)")
-
-
 class MptTail:
-    """An EC-Lab ``.mpt`` followed while EC-Lab writes it: the header, then the complete rows
-    read since the last call as an ``MptData`` (the format of ``adapters.biologic.read_mpt``:
-    cp1252, decimal comma accepted). Bad rows go to ``bad(where, reason)`` and are skipped."""
+    """An EC-Lab ``.mpt`` beside the TSV, followed while EC-Lab writes it: the handler of a
+    ``FollowedFile`` that gives the rows read since the last poll as ``MptData`` (every column
+    under its EC-Lab name, as ``adapters.biologic.read_mpt`` reads it: cp1252, a decimal comma
+    detected). Bad lines go to ``on_error`` and are skipped; once ``dead`` (the file cannot be
+    aligned or lacks a column) its lines are skipped until a new file replaces it."""
 
-    def __init__(self, path: Path, bad: Callable[[str, str], None]):
-        self.path = path
-        self.bad = bad
-        self.lines = LineReader(path, ENCODING)
+    def __init__(self, path: Path, on_error: Callable[[TabularError], object]):
+        self.reader = TableReader(MptFormat(raw=True), path, ENCODING)
+        self.on_error = on_error
+        self.new_file(path)
+
+    def new_file(self, path: Path) -> None:
+        self.reader.restart(path)
         self.alignment: ClockAlignment | None = None
-        self._restart()
-
-    def _restart(self) -> None:
-        self.header: list[str] = []
-        self.columns: list[str] | None = None
-        self._n_header = 0
         self.dead = False
-        self.alignment = None
 
-    def read(self, final: bool) -> tuple[MptData | None, bool]:
-        """(the new rows or None, whether the file gained anything)."""
-        lines, first_line, restarted = self.lines.read(final)
-        if restarted:
-            self._restart()
-        if self.dead or not lines:
-            return None, bool(lines) or restarted
-        rows: list[list[float]] = []
-        for number, line in enumerate(lines, start=first_line):
-            if self.columns is None:
-                self._header_line(number, line)
-            elif line.strip():
-                row = self._row(number, line)
-                if row is not None:
-                    rows.append(row)
-            if self.dead:
-                break
-        if self.columns is None:
-            return None, True
-        table = np.array(rows, dtype=np.float64).reshape(-1, len(self.columns))
-        return MptData(self.path, self.header, self.columns,
-                       {c: table[:, i] for i, c in enumerate(self.columns)}), True
+    def feed_lines(self, lines: list[bytes], first_line: int) -> list[MptData]:
+        return self._data(None if self.dead else self.reader.feed(lines, first_line))
 
-    def _header_line(self, number: int, line: str) -> None:
-        self.header.append(line)
-        if number == 1 and not line.startswith("EC-Lab ASCII FILE"):
-            self.bad(f"{self.path}: line 1", "not an EC-Lab ASCII file")
-            self.dead = True
-        elif number == 2:
-            match = _NB_HEADER_LINES.search(line)
-            self._n_header = int(match.group(1)) if match else 0
-            if not 3 <= self._n_header <= MAX_HEADER_LINES:
-                self.bad(f"{self.path}: line 2", "no plausible 'Nb header lines : N'")
-                self.dead = True
-        elif number > 2 and number == self._n_header:
-            self.columns = line.rstrip("\t").split("\t")
-            self.header.pop()
+    def feed_bytes(self, data: bytes) -> list[MptData]:
+        raise NotImplementedError("an .mpt is text")
 
-    def _row(self, number: int, line: str) -> list[float] | None:
-        assert self.columns is not None
-        fields = line.rstrip("\t").split("\t")
-        if len(fields) != len(self.columns):
-            self.bad(f"{self.path}: line {number}",
-                     f"{len(fields)} fields, {len(self.columns)} columns (truncated row?)")
-            return None
-        row = []
-        for k, text in enumerate(fields):
-            try:
-                row.append(float(text.replace(",", ".")) if text.strip() else math.nan)
-            except ValueError:
-                self.bad(f"{self.path}: line {number}, column {k + 1} ({self.columns[k]!r})",
-                         f"not a number: {text.strip()[:40]!r}")
-                return None
-        return row
+    def end_of_file(self, complete: bool) -> list[MptData]:
+        return self._data(self.reader.finish() if complete and not self.dead else None)
+
+    def _data(self, rows: Any) -> list[MptData]:
+        for exc in self.reader.errors:
+            self.on_error(exc)
+        self.reader.errors.clear()
+        header = self.reader.header
+        if rows is None or header is None:
+            return []
+        return [MptData(self.reader.path, header.extra["lines"], header.columns, rows.arrays)]
 
 
 # -- the Zilien adapter ---------------------------------------------------------------------
@@ -779,7 +515,7 @@ POT_COLUMNS = {"Voltage [V]": ("voltage", "V", 1.0), "Current [mA]": ("current",
 OFFSET_SOURCE_EMBEDDED = ("embedded by Zilien: its EC-lab series is on the Zilien base "
                           "(t = t_eclab + the recorded offset)")
 SUPPORTED_VERSIONS = (1, 2)
-MAX_HEADER_LINES = 100_000
+MAX_HEADER_LINES = 100_000   # a larger num_header_lines is garbage
 
 
 class ZilienConfig(FollowedFileConfig):
@@ -792,19 +528,6 @@ class ZilienConfig(FollowedFileConfig):
     mpt_paths: list[str] | None = None    # the .mpt files (None: <tsv stem>_*.mpt beside it)
     utc_offset_h: float | None = None     # v1: the zone of the start time in the file name
     block_rows: int = Field(1000, ge=1)   # most samples (MS scans, EC rows) per frame
-
-
-def _standard(values: dict[str, np.ndarray], mapping: dict[str, tuple[str, str, float]]
-              ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Columns renamed to opmon's names and converted (mA -> A); the first of aliases wins."""
-    arrays: dict[str, np.ndarray] = {}
-    units: dict[str, str] = {}
-    for column, (name, unit, factor) in mapping.items():
-        if column in values and name not in arrays:
-            arrays[name] = values[column] * factor
-            if unit:
-                units[name] = unit
-    return arrays, units
 
 
 class ZilienAdapter(TextFileAdapter):
@@ -823,34 +546,39 @@ class ZilienAdapter(TextFileAdapter):
         self.ms_stream = f"{experiment}/{cell}/{c.ms_instrument or instrument}"
         self.ec_stream = f"{experiment}/{cell}/{c.ec_instrument}"
 
-    def new_file(self) -> None:
-        super().new_file()
+    def new_file(self, path: Path) -> None:
+        """A new measurement: forget the old one (its .mpt files too)."""
+        super().new_file(path)
+        self.close_mpts()
         self.zilien: ZilienFile | None = None
         self._ec_mode = "none"
         self._pending: dict[float, tuple[np.ndarray, np.ndarray]] = {}
         self._totals: dict[str, int] = {}
         self._last_line = 0
-        self._mpts: dict[Path, MptTail] = {}
+        self._mpts: dict[Path, FollowedFile[MptData]] = {}
         self._meta: dict[str, Any] = {}
 
+    def close_mpts(self) -> None:
+        for mpt in getattr(self, "_mpts", {}).values():
+            mpt.close()
+
+    def close(self) -> None:
+        super().close()
+        self.close_mpts()
+
     # -- input ----------------------------------------------------------------------------
-    def poll(self, final: bool) -> tuple[list[Frame], bool]:
-        frames, active = self.read_text(final)
+    def poll(self) -> tuple[list[Frame], bool]:
+        """The TSV's new lines, then those of the .mpt files beside it."""
+        frames, active = super().poll()
         if self._ec_mode == "mpt":
-            mpt_frames, mpt_active = self._poll_mpts(final)
+            mpt_frames, mpt_active = self._poll_mpts()
             frames += mpt_frames
             active = active or mpt_active
-        if final:
-            self.end_of_file()
         return frames, active
-
-    def file_replaced(self) -> list[Frame]:
-        """A new measurement: the old one's .mpt files are complete."""
-        return self._poll_mpts(final=True)[0] if self._ec_mode == "mpt" else []
 
     def rows(self, lines: list[str], first_line: int) -> list[Frame]:
         assert self.zilien is not None
-        self.rows_read += self.zilien.table.add_lines(lines, first_line, self.bad_table)
+        self.rows_read += self.zilien.table.add_lines(lines, first_line, self.reject_error)
         self._last_line = first_line + len(lines) - 1
         return self._emit()
 
@@ -873,23 +601,23 @@ class ZilienAdapter(TextFileAdapter):
         version = header.meta("file_format_version", default=1)
         if version not in SUPPORTED_VERSIONS:
             line = next(e.line for e in header.metadata if e.key == "file_format_version")
-            self.bad(f"{self.path}: line {line}, column 5 ('value')",
+            self.reject(f"{self.path}: line {line}, column 5 ('value')",
                      f"file format version {version!r} is not supported (Zilien writes 1 and 2)")
             return False
         try:
             start_ns, start_local, start_source = _zilien_start(header, self.config.utc_offset_h)
             masses = _mass_series(header)
         except TableError as exc:
-            self.bad_table(exc)
+            self.reject_error(exc)
             return False
         except ValueError as exc:
-            self.bad(str(self.path), f"unreadable header: {exc}")
+            self.reject(str(self.path), f"unreadable header: {exc}")
             return False
         for name in [n for n in masses if not self._layout(header, n).value_columns]:
-            self.bad(str(self.path), f"mass series {name!r} has no value column; ignored")
+            self.reject(str(self.path), f"mass series {name!r} has no value column; ignored")
             del masses[name]
         if not masses:
-            self.bad(str(self.path), "no mass channels (series C<i>M<mz>) in the file")
+            self.reject(str(self.path), "no mass channels (series C<i>M<mz>) in the file")
         self.zilien = ZilienFile(header, header.new_table(), start_ns, start_local, start_source,
                                  masses)
         self._meta = {"source": self.path.name, "zilien_version": int(version),
@@ -910,12 +638,12 @@ class ZilienAdapter(TextFileAdapter):
             return mode
         series = EMBEDDED_EC_SERIES if mode == "embedded" else POT_SERIES
         if series not in names:
-            self.bad(str(self.path), f"ec_source {mode!r}: the file has no {series!r} series")
+            self.reject(str(self.path), f"ec_source {mode!r}: the file has no {series!r} series")
             return "none"
         columns = self._layout(header, series).value_columns
-        arrays, _ = _standard(dict.fromkeys(columns, np.zeros(0)), self._ec_mapping(mode))
+        arrays, _ = standard_arrays(dict.fromkeys(columns, np.zeros(0)), self._ec_mapping(mode))
         if not {"voltage", "current"} <= set(arrays):
-            self.bad(str(self.path), f"ec_source {mode!r}: series {series!r} lacks a potential "
+            self.reject(str(self.path), f"ec_source {mode!r}: series {series!r} lacks a potential "
                      f"or a current column (has {list(columns)})")
             return "none"
         return mode
@@ -937,7 +665,7 @@ class ZilienAdapter(TextFileAdapter):
         if self._ec_mode in ("embedded", "pot"):
             series = EMBEDDED_EC_SERIES if self._ec_mode == "embedded" else POT_SERIES
             t, values = taken[series]
-            arrays, units = _standard(values, self._ec_mapping(self._ec_mode))
+            arrays, units = standard_arrays(values, self._ec_mapping(self._ec_mode))
             recorded = z.recorded_offset_s
             meta = {"source": self.path.name, "series": series,
                     "current_kind": "interval_mean" if "<I>/mA" in values else "instantaneous",
@@ -991,55 +719,70 @@ class ZilienAdapter(TextFileAdapter):
             return [Path(p) for p in self.config.mpt_paths]
         return find_mpts(self.path)
 
-    def _poll_mpts(self, final: bool) -> tuple[list[Frame], bool]:
+    def _poll_mpts(self, end: bool = False, complete: bool = True
+                   ) -> tuple[list[Frame], bool]:
+        """The new rows of the .mpt files; ``end``: the TSV's measurement ended (``complete``:
+        whole), so are the .mpt files."""
         z = self.zilien
         if z is None:
             return [], False
         frames, active = [], False
         paths = self._mpt_paths()
         for k, path in enumerate(paths):
-            tail = self._mpts.get(path)
-            if tail is None:
-                tail = self._mpts[path] = MptTail(path, self.bad)
-            # EC-Lab ends a file without a newline: it is complete once the next one exists
-            mpt, got = tail.read(final or any(p.exists() for p in paths[k + 1:]))
+            mpt_file = self._mpts.get(path)
+            if mpt_file is None:
+                mpt_file = self._mpts[path] = FollowedFile(
+                    path, MptTail(path, self.reject_error), on_error=self.read_failed)
+            if end:
+                data, got = mpt_file.finish(complete), True
+            else:  # EC-Lab ends a file without a newline: it is complete once the next exists
+                data, got = mpt_file.poll(final=any(p.exists() for p in paths[k + 1:]))
             active = active or got
-            if mpt is None or not len(mpt.data[mpt.columns[0]]):
-                continue
-            if tail.alignment is None:
-                try:
-                    tail.alignment = clock_alignment(z, mpt)
-                except TableError as exc:
-                    self.bad_table(exc)
-                    tail.dead = True
-                    continue
-            arrays, units = mpt.standard()
-            if not {"t", "voltage", "current"} <= set(arrays):
-                self.bad(f"{path}: line {len(mpt.header) + 1}",
-                         "needs time/s, Ewe/V and I/mA or <I>/mA columns")
-                tail.dead = True
-                continue
-            t = arrays.pop("t") + tail.alignment.time_offset_s
-            units.pop("t", None)
-            meta = {"source": path.name,
-                    "current_kind": "interval_mean" if "<I>/mA" in mpt.data else "instantaneous",
-                    "zilien_start_ns": z.start_ns, **tail.alignment.meta()}
-            frames += self._ec_frames(t, arrays, units, meta)
+            for mpt in data:
+                frames += self._mpt_frames(mpt_file.handler, mpt)
         return frames, active
 
-    def end_of_file(self) -> None:
-        """Also: series shorter than the header says."""
-        super().end_of_file()
+    def _mpt_frames(self, tail: Any, mpt: MptData) -> list[Frame]:
+        """``echem`` blocks of new .mpt rows, moved onto the Zilien base."""
         z = self.zilien
-        if z is None:
-            return
+        assert z is not None
+        if tail.alignment is None:
+            try:
+                tail.alignment = clock_alignment(z, mpt)
+            except TableError as exc:
+                self.reject_error(exc)
+                tail.dead = True
+                return []
+        arrays, units = mpt.standard()
+        if not {"t", "voltage", "current"} <= set(arrays):
+            self.reject(f"{mpt.path}: line {len(mpt.header) + 1}",
+                        "needs time/s, Ewe/V and I/mA or <I>/mA columns")
+            tail.dead = True
+            return []
+        t = arrays.pop("t") + tail.alignment.time_offset_s
+        units.pop("t", None)
+        meta = {"source": mpt.path.name,
+                "current_kind": "interval_mean" if "<I>/mA" in mpt.data else "instantaneous",
+                "zilien_start_ns": z.start_ns, **tail.alignment.meta()}
+        return self._ec_frames(t, arrays, units, meta)
+
+    def end_of_file(self, complete: bool) -> list[Frame]:
+        """The measurement ends: its .mpt files are complete too; a whole file is checked for
+        series shorter than the header says."""
+        frames = self._poll_mpts(end=True, complete=complete)[0] \
+            if self._ec_mode == "mpt" else []
+        super().end_of_file(complete)
+        z = self.zilien
+        if not complete or z is None:
+            return frames
         for s in z.header.series:
             expected = z.header.meta(f"{s.name}_count", s.name)
             got = self._totals.get(s.name, 0)
             if isinstance(expected, int) and got != expected:
-                self.bad(f"{self.path}: line {self._last_line}, column {s.time_column + 1} "
-                         f"({z.header.columns[s.time_column]!r})",
-                         f"series {s.name!r} has {got} points, the header says {expected} "
-                         "(truncated file or rejected rows)")
+                self.reject(f"{self.path}: line {self._last_line}, column {s.time_column + 1} "
+                            f"({z.header.columns[s.time_column]!r})",
+                            f"series {s.name!r} has {got} points, the header says {expected} "
+                            "(truncated file or rejected rows)")
         if self.config.ec_source == "mpt" and not self._mpts:
-            self.bad(str(self.path), "ec_source 'mpt': no .mpt files found")
+            self.reject(str(self.path), "ec_source 'mpt': no .mpt files found")
+        return frames
