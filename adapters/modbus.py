@@ -247,23 +247,6 @@ def exception_name(code: int) -> str:
         return "unknown exception code"
 
 
-class _Warnings:
-    """Logs each kind of warning at most every ``WARN_INTERVAL_S``, with the repeats held back."""
-
-    def __init__(self) -> None:
-        self._last: dict[str, float] = {}
-        self._held: dict[str, int] = {}
-
-    def warn(self, key: str, message: str) -> None:
-        now = time.monotonic()
-        if key in self._last and now - self._last[key] < WARN_INTERVAL_S:
-            self._held[key] = self._held.get(key, 0) + 1
-            return
-        self._last[key] = now
-        held = self._held.pop(key, 0)
-        log.warning("%s%s", message, f" ({held} similar since last logged)" if held else "")
-
-
 @dataclass
 class _ChannelState:
     last_raw: tuple[int, ...] | None = None
@@ -292,6 +275,8 @@ class ModbusPressureAdapter(Adapter):
 
     type_name = "modbus.pressure"
     Config = ModbusPressureConfig
+    reject_burst = 1                 # each kind of reject logged once per WARN_INTERVAL_S
+    reject_interval_s = WARN_INTERVAL_S
 
     def __init__(self, stream: str, config: ModbusPressureConfig | None = None):
         super().__init__(stream, config)
@@ -312,7 +297,6 @@ class ModbusPressureAdapter(Adapter):
         self._next_connect = 0.0         # monotonic time of the next connect attempt
         self._rng = random.Random()
         self._state = [_ChannelState() for _ in c.channels]
-        self._warnings = _Warnings()
         self.polls = 0
         self.failed_polls = 0
         self.read_errors = 0             # timeouts, lost connections, wrong-size responses
@@ -353,8 +337,7 @@ class ModbusPressureAdapter(Adapter):
             self._backoff_s = min(c.reconnect_max_s, max(c.reconnect_min_s, 2 * self._backoff_s))
             delay = self._backoff_s * (1 + c.reconnect_jitter * self._rng.uniform(-1, 1))
             self._next_connect = time.monotonic() + delay
-            self._warnings.warn("connect", self.reject(
-                self.endpoint, f"{reason}; next attempt in {delay:.2f} s"))
+            self.reject(self.endpoint, f"{reason}; next attempt in {delay:.2f} s", key="connect")
             return False
         if self._ever_connected:
             self.reconnects += 1
@@ -380,19 +363,19 @@ class ModbusPressureAdapter(Adapter):
             response = await read(req.address, count=req.count, device_id=self.config.unit_id)
         except (TimeoutError, ModbusException, OSError) as exc:
             self.read_errors += 1
-            self._warnings.warn(f"read {where}", self.reject(where, f"no response: {exc}"))
+            self.reject(where, f"no response: {exc}", key=f"read {where}")
             return None
         if response.isError():
             code = int(getattr(response, "exception_code", 0))
             self.exceptions += 1
-            self._warnings.warn(f"exception {where}", self.reject(
-                where, f"Modbus exception {code} ({exception_name(code)})"))
+            self.reject(where, f"Modbus exception {code} ({exception_name(code)})",
+                        key=f"exception {where}")
             return None
         registers = list(response.registers)
         if len(registers) != req.count:
             self.read_errors += 1
-            self._warnings.warn(f"size {where}", self.reject(
-                where, f"response has {len(registers)} registers, expected {req.count}"))
+            self.reject(where, f"response has {len(registers)} registers, expected {req.count}",
+                        key=f"size {where}")
             return None
         return registers
 
@@ -404,8 +387,8 @@ class ModbusPressureAdapter(Adapter):
         value = decode_registers(raw, ch.type, ch.byte_order, ch.word_order)
         if not math.isfinite(value):
             self.invalid_values += 1
-            self._warnings.warn(f"invalid {ch.name}", self.reject(
-                where, f"device sent {value} (channel error or over-/underflow)"))
+            self.reject(where, f"device sent {value} (channel error or over-/underflow)",
+                        key=f"invalid {ch.name}")
             return None, False
         state = self._state[i]
         if raw != state.last_raw:
@@ -415,9 +398,8 @@ class ModbusPressureAdapter(Adapter):
         elif (ch.stale and self.config.stale_s > 0 and not state.frozen
               and now - state.changed_at >= self.config.stale_s):
             state.frozen = True
-            self._warnings.warn(f"stale {ch.name}", self.reject(
-                where, f"raw registers {[hex(r) for r in raw]} unchanged for "
-                       f"{self.config.stale_s:g} s: stale value"))
+            self.reject(where, f"raw registers {[hex(r) for r in raw]} unchanged for "
+                               f"{self.config.stale_s:g} s: stale value", key=f"stale {ch.name}")
         value = value * self._gain[i] + self._bias[i]
         if state.frozen and self.config.stale_nan:
             value = math.nan

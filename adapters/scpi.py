@@ -177,27 +177,6 @@ class _Lost(Exception):
     """The session no longer answers: close it and reconnect."""
 
 
-class _RateLimitedLog:
-    """Warnings at most once per ``interval_s`` per key; the ones held back are counted and
-    reported with the next message of that key."""
-
-    def __init__(self, logger: logging.Logger, interval_s: float = 10.0):
-        self.logger = logger
-        self.interval_s = interval_s
-        self._last: dict[str, tuple[float, int]] = {}
-
-    def warning(self, key: str, message: str) -> None:
-        now = time.monotonic()
-        last, held = self._last.get(key, (-math.inf, 0))
-        if now - last < self.interval_s:
-            self._last[key] = (last, held + 1)
-            return
-        if held:
-            message += f" ({held} similar message(s) held back)"
-        self.logger.warning(message)
-        self._last[key] = (now, 0)
-
-
 class _Block:
     """The samples of one frame, collected by the worker thread."""
 
@@ -223,6 +202,8 @@ class ScpiAdapter(Adapter):
     type_name = "scpi"
     Config = ScpiConfig
     graceful_stop = True   # on request_stop() the last partial block is still published
+    reject_burst = 1       # each kind of warning (and reject) logged at most once per 10 s,
+    reject_interval_s = 10.0  # with the number held back
 
     def __init__(self, stream: str, config: ScpiConfig | None = None):
         super().__init__(stream, config)
@@ -242,7 +223,6 @@ class ScpiAdapter(Adapter):
         self._timeouts_in_row = 0
         self._last_good = time.monotonic()
         self._last_instrument_s = -math.inf
-        self._log = _RateLimitedLog(log)
 
     def counters(self) -> dict[str, int]:
         return {**super().counters(), **self.stats, "connected": int(self.connected),
@@ -314,8 +294,8 @@ class ScpiAdapter(Adapter):
                 res = self._open(rm)
             except Exception as exc:   # pyvisa backends raise plain Exception on connect
                 self.stats["connect_failures"] += 1
-                self._log.warning("connect", f"{self.stream}: {c.resource}: cannot connect "
-                                  f"({exc}); retrying in {backoff:.1f} s")
+                self.warnings.warn(f"{self.stream}: {c.resource}: cannot connect ({exc}); "
+                                   f"retrying in {backoff:.1f} s", "connect")
                 self._check_stale()
                 if stop.wait(backoff):
                     break
@@ -327,8 +307,8 @@ class ScpiAdapter(Adapter):
                 self._poll(res, stop, emit)
             except (_Lost, OSError, pyvisa.errors.Error) as exc:
                 self.stats["reconnects"] += 1
-                self._log.warning("lost", f"{self.stream}: {c.resource}: connection lost "
-                                  f"({str(exc) or type(exc).__name__}); reconnecting")
+                self.warnings.warn(f"{self.stream}: {c.resource}: connection lost "
+                                   f"({str(exc) or type(exc).__name__}); reconnecting", "lost")
             finally:
                 self.connected = False
                 self._close(res, stop.is_set())
@@ -376,8 +356,8 @@ class ScpiAdapter(Adapter):
         answer = self._query(res, "*IDN?")
         idn = answer[0].strip() if answer else ""
         if c.expect_idn not in idn:
-            message = self.reject(f"{c.resource} '*IDN?'",
-                                  f"reply {idn!r} does not contain {c.expect_idn!r}")
+            message = self.reject(f"{c.resource} '*IDN?'",  # logged as the connect failure
+                                  f"reply {idn!r} does not contain {c.expect_idn!r}", log=False)
             raise _Lost(message)
         if idn != self.idn:
             log.info("%s: %s is %s", self.stream, c.resource, idn)
@@ -472,8 +452,8 @@ class ScpiAdapter(Adapter):
             if line in _SYNCED:
                 return
             self.stats["stale_replies"] += 1
-            self._log.warning("stale_reply", f"{self.stream}: {c.resource}: discarded the late "
-                              f"reply {line!r}")
+            self.warnings.warn(f"{self.stream}: {c.resource}: discarded the late reply "
+                               f"{line!r}", "stale_reply")
         raise _Lost(f"no '1' among {MAX_RESYNC_LINES} replies to {c.resync_query!r}")
 
     def _read_sample(self, res: Any) -> tuple[list[float], int, int] | None:
@@ -489,8 +469,8 @@ class ScpiAdapter(Adapter):
             return None
         if c.overflow_as_nan and any(abs(v) >= SCPI_OVERFLOW for v in values):
             self.stats["overflows"] += 1
-            self._log.warning("overflow", f"{self.stream}: {c.resource} {c.query!r}: overflow "
-                              f"in reply {reply.strip()!r}, published as NaN")
+            self.warnings.warn(f"{self.stream}: {c.resource} {c.query!r}: overflow in reply "
+                               f"{reply.strip()!r}, published as NaN", "overflow")
             values = [math.nan if abs(v) >= SCPI_OVERFLOW else v for v in values]
         if self._time_column is not None and not math.isfinite(values[self._time_column]):
             self._reject("reply", f"{c.resource} {c.query!r}",
@@ -548,4 +528,4 @@ class ScpiAdapter(Adapter):
         self._last_good = now
 
     def _reject(self, key: str, where: str, reason: str) -> None:
-        self._log.warning(key, self.reject(where, reason))
+        self.reject(where, reason, key=key)

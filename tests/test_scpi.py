@@ -27,12 +27,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from adapters.base import WarnLimiter
 from adapters.scpi import (
     ReplyError,
     ScpiAdapter,
     ScpiConfig,
     ScpiField,
-    _RateLimitedLog,
     parse_error_reply,
     parse_reply,
 )
@@ -600,10 +600,11 @@ def test_readme_fragment_examples_are_valid_configs():
 
 
 def test_repeated_warnings_are_rate_limited(caplog: pytest.LogCaptureFixture):
-    limited = _RateLimitedLog(logging.getLogger("test_scpi"), interval_s=0.2)
+    # the adapter's limiter (adapters.base.WarnLimiter with ScpiAdapter's reject_burst = 1)
+    limited = WarnLimiter(logging.getLogger("test_scpi"), ScpiAdapter.reject_burst, 0.2)
     for i in range(5):
-        limited.warning("timeout", f"timeout {i}")
+        limited.warn(f"timeout {i}", "timeout")
     time.sleep(0.25)
-    limited.warning("timeout", "timeout 5")
+    limited.warn("timeout 5", "timeout")
     assert [r.getMessage() for r in caplog.records] == [
         "timeout 0", "timeout 5 (4 similar message(s) held back)"]
