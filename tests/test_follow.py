@@ -126,57 +126,46 @@ def test_rotation_by_rename_hands_over_the_old_files_last_line(tmp_path: Path) -
     f.close()
 
 
-def test_replacement_by_a_new_inode(tmp_path: Path) -> None:
+def _replace(path: Path, data: bytes) -> None:
+    tmp = path.with_name("incoming")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _recreate(path: Path, data: bytes) -> None:
+    path.unlink()
+    path.write_bytes(data)  # a new inode: ours still holds the old one
+
+
+def _truncate(path: Path, data: bytes) -> None:
+    os.truncate(path, 0)
+    append(path, data)
+
+
+# how the file is switched, what it held before, what comes after: (lines, first, restarted)
+SWITCHES = {
+    "replaced by a new inode": (_replace, b"a\nb\nlast", b"A\n",
+                                [([b"last"], 3, False), ([b"A"], 1, True)]),
+    "unlinked and created again": (_recreate, b"a\nb\n", b"A\n", [([b"A"], 1, True)]),
+    "truncated": (_truncate, b"a\nb\nlast", b"", [([b"last"], 3, False), ([], 1, True)]),
+    "truncated and written again, shorter": (_truncate, b"a\nb\n", b"A\n",
+                                             [([b"A"], 1, True)]),
+}
+
+
+@pytest.mark.parametrize("how", list(SWITCHES))
+def test_a_replaced_or_truncated_file_restarts_after_the_old_last_line(tmp_path: Path,
+                                                                       how: str) -> None:
+    switch, before, after, want = SWITCHES[how]
     path = tmp_path / "cell.csv"
-    path.write_bytes(b"a\nb\nlast")
+    path.write_bytes(before)
     f = FileFollower(path)
     assert f.read_lines().lines == [b"a", b"b"]
-    tmp = tmp_path / "incoming"
-    tmp.write_bytes(b"A\n")
-    os.replace(tmp, path)
-    chunks = drain(f)
-    assert [(c.lines, c.first_line, c.restarted) for c in chunks] == [
-        ([b"last"], 3, False), ([b"A"], 1, True)]
-    f.close()
-
-
-def test_replacement_that_leaves_no_line_behind_restarts_at_once(tmp_path: Path) -> None:
-    path = tmp_path / "cell.csv"
-    path.write_bytes(b"a\n")
-    f = FileFollower(path)
-    assert f.read_lines().lines == [b"a"]
-    path.unlink()
-    path.write_bytes(b"b\n")
-    chunk = f.read_lines()
-    assert (chunk.lines, chunk.first_line, chunk.restarted) == ([b"b"], 1, True)
-    f.close()
-
-
-def test_truncation_restarts_and_hands_over_the_old_last_line(tmp_path: Path) -> None:
-    path = tmp_path / "neware.csv"
-    path.write_bytes(b"h\n1\n2")
-    f = FileFollower(path)
-    assert f.read_lines().lines == [b"h", b"1"]
-    with path.open("r+b") as fh:
-        fh.truncate(0)
-    chunks = drain(f)
-    assert [(c.lines, c.first_line, c.restarted) for c in chunks] == [
-        ([b"2"], 3, False), ([], 1, True)]
-    append(path, b"H\n")
-    chunk = f.read_lines()
-    assert (chunk.lines, chunk.first_line, chunk.restarted) == ([b"H"], 1, False)
-    f.close()
-
-
-def test_truncated_to_empty_then_rewritten_reads_from_line_1(tmp_path: Path) -> None:
-    path = tmp_path / "neware.csv"
-    path.write_bytes(b"h\n1\n")
-    f = FileFollower(path)
-    assert f.read_lines().lines == [b"h", b"1"]
-    os.truncate(path, 0)
-    append(path, b"H\n")  # shorter than what was read: still a truncation
-    chunk = f.read_lines()
-    assert (chunk.lines, chunk.first_line, chunk.restarted) == ([b"H"], 1, True)
+    switch(path, after)
+    assert [(c.lines, c.first_line, c.restarted) for c in drain(f)] == want
+    append(path, b"next\n")  # the new file goes on
+    assert f.read_lines() == Chunk([b"next"], after.count(b"\n") + 1)
+    assert f.rotations == 1
     f.close()
 
 
