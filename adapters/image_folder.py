@@ -2,12 +2,16 @@
 stacks (through h5py), watched by polling.
 
 A file is read once it has settled: its size and mtime unchanged for ``settle_s`` (by our own
-polls, or by the age of its mtime). It must then parse completely: fabio's reader returning no
-data (truncated TIFF), a CBF whose binary section is short, an EDF whose data stream is
-incomplete (fabio would pad it) or an HDF5 file that does not open all count as not yet complete.
-Such a file is tried again after another ``settle_s``, up to ``retries`` times; a file that still
-does not parse is rejected with the reason and tried again only if it changes. A file that
-changes while it is being waited for starts its wait and its tries afresh.
+polls, or by the age of its mtime). It must then be complete: fabio pads some cut TIFFs (whole
+rows missing) and every cut EDF, decodes a CBF cut in its data with only a logged checksum
+mismatch, and never returns on a CBF cut inside its binary header. So the TIFF layout
+(directories, strips and tiles inside the file) and the CBF binary section (data start,
+``X-Binary-Size`` bytes, ``Content-MD5``) are checked before fabio reads, and fabio's own
+"incomplete" flags and a missing image after; an HDF5 file that does not open is not complete
+either. Such a file is tried again after another ``settle_s``, up to ``retries`` times; a file
+that still does not parse is rejected with the reason and tried again only if it changes. A file
+that changes while it is being waited for starts its wait and its tries afresh; a removed file
+is forgotten.
 
 Files are published in order (by name, numbers compared as numbers, or by mtime); a file still
 being written holds back the ones after it. Each file is published once; an HDF5 file that grows
@@ -21,11 +25,15 @@ files (``follow = false``, a replay) keeps the mtimes as they are unless the con
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import fnmatch
+import hashlib
 import logging
+import mmap
 import os
 import re
+import struct
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -43,6 +51,10 @@ from .timebase import ClockModel
 log = logging.getLogger("opmon.adapters.image_folder")
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs")
+CBF_BINARY_SECTION = b"--CIF-BINARY-FORMAT-SECTION--"
+CBF_DATA_START = b"\x0c\x1a\x04\xd5"   # the bytes that start a CBF binary section's data
+_CBF_SIZE = re.compile(rb"X-Binary-Size:\s*(\d+)")
+_CBF_MD5 = re.compile(rb"Content-MD5:\s*(\S+)")
 _LOG_FIRST = 20          # rejects logged one by one; after that only every power of two
 _HEADER_VALUE_MAX = 200  # header values longer than this are left out of the meta
 _HEADER_KEYS_MAX = 64
@@ -107,10 +119,93 @@ def _check_image(data: Any, where: str) -> np.ndarray:
     return data
 
 
+def cbf_problem(path: Path) -> str | None:
+    """Why a CBF file is not complete, or None. fabio (2026.6) waits forever for the data start
+    of a CBF cut inside its binary-section header, and decodes one cut inside the data (or
+    garbled) with only a logged checksum mismatch, so both are checked first: the data start,
+    ``X-Binary-Size`` bytes after it and the ``Content-MD5`` of those bytes."""
+    with open(path, "rb") as f:
+        if path.suffix.lower() != ".cbf" and f.read(6) != b"###CBF":
+            return None
+        if os.fstat(f.fileno()).st_size == 0:
+            return None   # fabio refuses an empty file by itself
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            start = m.find(CBF_DATA_START)
+            if start < 0:
+                return "CBF ends before its binary data (truncated?)"
+            head = m[max(0, start - 4096):start]
+            head = head[head.rfind(CBF_BINARY_SECTION):]
+            size = _CBF_SIZE.search(head)
+            if size is None:
+                return None   # fabio decides
+            begin, end = start + len(CBF_DATA_START), start + len(CBF_DATA_START) + int(size[1])
+            if end > len(m):
+                return f"CBF binary data has {len(m) - begin} of {int(size[1])} bytes (truncated?)"
+            md5 = _CBF_MD5.search(head)
+            if md5 and base64.b64encode(hashlib.md5(m[begin:end]).digest()) != md5[1]:
+                return "CBF binary data does not match its Content-MD5 (garbled or rewritten?)"
+    return None
+
+
+_TIFF_DATA_TAGS = ((273, 279), (324, 325))   # (strip offsets, byte counts), (tile ...)
+_TIFF_INT = {3: "H", 4: "I"}                   # SHORT, LONG
+
+
+def tiff_problem(path: Path) -> str | None:
+    """Why a classic TIFF is not complete, or None: a directory or a strip or tile of image data
+    beyond the end of the file. fabio pads such a file when the short data happens to be a whole
+    number of rows, so the layout is checked first (BigTIFF is left to fabio)."""
+    with open(path, "rb") as f, contextlib.ExitStack() as stack:
+        order = {b"II*\0": "<", b"MM\0*": ">"}.get(f.read(4))
+        if order is None:
+            return None
+        m = stack.enter_context(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+        if len(m) < 8:
+            return "TIFF header cut short (truncated?)"
+        size, ifd, seen = len(m), struct.unpack_from(order + "I", m, 4)[0], set()
+        while ifd and ifd not in seen:
+            seen.add(ifd)
+            if ifd + 2 > size:
+                return "TIFF directory beyond the end of the file (truncated?)"
+            (n,) = struct.unpack_from(order + "H", m, ifd)
+            if ifd + 2 + 12 * n + 4 > size:
+                return "TIFF directory cut short (truncated?)"
+            tags: dict[int, tuple[int, int, int]] = {}
+            for k in range(n):
+                tag, kind, count, value = struct.unpack_from(order + "HHII", m, ifd + 2 + 12 * k)
+                tags[tag] = (kind, count, value)
+            for offsets_tag, counts_tag in _TIFF_DATA_TAGS:
+                if offsets_tag in tags and counts_tag in tags:
+                    offsets, counts = (_tiff_values(m, order, ifd + 2 + 12 * list(tags).index(t),
+                                                    *tags[t]) for t in (offsets_tag, counts_tag))
+                    if offsets is None or counts is None:
+                        return "TIFF strip table beyond the end of the file (truncated?)"
+                    if any(o + c > size for o, c in zip(offsets, counts, strict=False)):
+                        return "TIFF image data beyond the end of the file (truncated?)"
+            (ifd,) = struct.unpack_from(order + "I", m, ifd + 2 + 12 * n)
+    return None
+
+
+def _tiff_values(m: mmap.mmap, order: str, entry: int, kind: int, count: int,
+                 value: int) -> list[int] | None:
+    """The integers of one IFD entry (inline when they fit in 4 bytes), None if out of file."""
+    code = _TIFF_INT.get(kind)
+    if code is None:
+        return []
+    width = struct.calcsize(code) * count
+    start = entry + 8 if width <= 4 else value
+    if start + width > len(m):
+        return None
+    return list(struct.unpack_from(f"{order}{count}{code}", m, start))
+
+
 def read_fabio(path: Path, header_keys: list[str] | None = None) -> list[_Image]:
     """Every frame of an image file fabio reads (TIFF, CBF, EDF, ...). Raises IncompleteImage."""
     import fabio
 
+    problem = cbf_problem(path) or tiff_problem(path)
+    if problem is not None:
+        raise IncompleteImage(str(path), problem)
     try:
         img = fabio.open(str(path))
     except Exception as exc:  # noqa: BLE001 - fabio raises anything on a partial file
@@ -157,7 +252,7 @@ def read_hdf5(path: Path, dataset: str, start: int, max_bytes: int = _BATCH_BYTE
             else:
                 raise IncompleteImage(f"{path}:{dataset}", f"shape {list(ds.shape)} is "
                                       "neither an image nor a stack of images")
-    except IncompleteImage:
+    except (IncompleteImage, FileNotFoundError):
         raise
     except Exception as exc:  # noqa: BLE001 - h5py raises OSError, KeyError, ... mid-write
         raise IncompleteImage(str(path), f"h5py cannot read it ({type(exc).__name__}: "
@@ -208,12 +303,16 @@ class ImageFolderAdapter(Adapter):
             fnmatch.fnmatch(name, p) for p in cfg.ignore)
 
     def scan(self, now: float | None = None) -> None:
-        """Note new files and changes since the last scan."""
+        """Note new files, changes and removals since the last scan. A removed file is
+        forgotten: it holds nothing back, and a new file of that name is read again."""
         now = time.monotonic() if now is None else now
         try:
             entries = list(os.scandir(self.directory))
         except FileNotFoundError:
             return
+        present = {entry.name for entry in entries}
+        for name in [n for n in self.watched if n not in present]:
+            del self.watched[name]
         for entry in entries:
             if not self._wanted(entry.name):
                 continue
@@ -269,6 +368,9 @@ class ImageFolderAdapter(Adapter):
                     w.images = image.index + 1
                 if not is_hdf5 or w.images >= count or not images:
                     break
+        except FileNotFoundError:   # removed since the scan: forget it
+            self.watched.pop(w.path.name, None)
+            return
         except IncompleteImage as exc:
             w.tries += 1
             if self.config.follow and w.tries <= self.config.retries:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import os
 import shutil
 import sys
@@ -30,7 +31,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters.dectris import DectrisStreamAdapter, DectrisStreamConfig
-from adapters.image_folder import ImageFolderAdapter, ImageFolderConfig
+from adapters.image_folder import (
+    ImageFolderAdapter,
+    ImageFolderConfig,
+    IncompleteImage,
+    read_fabio,
+)
 from processors.azimuthal import AzimuthalConfig, AzimuthalProcessor
 from stream.frame import Frame
 
@@ -588,10 +594,10 @@ async def test_folder_file_written_slowly_is_published_once_complete(
     task = asyncio.create_task(watch())
     # a pause longer than settle_s halfway: the half file is tried, fails, and waits
     await _write_slowly(tmp_path / "slow_0001.tif", TIF.read_bytes(), 12, 0.03, 5, 0.35)
-    fabio.cbfimage.CbfImage(data=real_frame[:300]).write(str(tmp_path / "x.cbf"))
-    await _write_slowly(tmp_path / "slow_0002.cbf", (tmp_path / "x.cbf").read_bytes(), 6, 0.03,
-                        2, 0.3)
-    (tmp_path / "x.cbf").unlink()
+    source = tmp_path.parent / f"{tmp_path.name}_source.cbf"   # outside the watched folder
+    fabio.cbfimage.CbfImage(data=real_frame[:300]).write(str(source))
+    await _write_slowly(tmp_path / "slow_0002.cbf", source.read_bytes(), 6, 0.03, 2, 0.3)
+    source.unlink()
     deadline = time.monotonic() + TIMEOUT_S
     while len(collected) < 2 and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
@@ -622,7 +628,7 @@ async def test_folder_truncated_tiff_rejected_and_the_next_file_published(
     np.testing.assert_array_equal(frame.arrays["image"], real_frame)
     assert adapter.rejects == 1
     (error,) = adapter.errors
-    assert f"{tmp_path / 'a_0001.tif'} frame 0: no image data (truncated?)" in error
+    assert f"{tmp_path / 'a_0001.tif'}: TIFF image data beyond the end of the file" in error
     assert "(after 3 tries)" in error
 
 
@@ -760,6 +766,60 @@ def test_truncated_files_are_never_published_partial(tmp_path: Path, kind: str,
         np.testing.assert_array_equal(frame.arrays["image"], SMALL_IMAGE)
     else:
         assert adapter.rejects == 1 and str(folder / f"cut.{kind}") in adapter.errors[0]
+
+
+def _sweep_cuts(size: int) -> list[int]:
+    """Cuts through the headers (every 3rd of the first 650 bytes: the TIFF directory, the CBF
+    binary-section header), every one of the last 60 bytes, every 97th between."""
+    return sorted({*range(0, min(size, 650), 3), *range(max(0, size - 60), size),
+                   *range(0, size, 97)})
+
+
+def test_every_cut_of_tiff_cbf_edf_is_refused_or_whole(tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """fabio alone hangs on some cut CBFs, and returns padded images for some cut TIFFs (whole
+    rows missing) and every cut EDF; read_fabio refuses them all."""
+    import tifffile
+
+    caplog.set_level(logging.CRITICAL, logger="fabio")   # fabio logs every failed read
+
+    files = {kind: (_small_image_file(kind), SMALL_IMAGE) for kind in ("tif", "cbf", "edf")}
+    padded = np.pad(SMALL_IMAGE, ((0, 8), (0, 14)))   # 48 x 64: whole tiles
+    for name, kwargs in (("strips.tif", {"rowsperstrip": 3}), ("tiles.tif", {"tile": (16, 16)})):
+        tifffile.imwrite(tmp_path / name, padded, **kwargs)
+        files[name] = ((tmp_path / name).read_bytes(), padded)
+    for kind, (data, whole) in files.items():
+        path = tmp_path / f"cut.{kind.rsplit('.', 1)[-1]}"
+        accepted = 0
+        for cut in _sweep_cuts(len(data)):
+            path.write_bytes(data[:cut])
+            try:
+                (image,) = read_fabio(path)
+            except IncompleteImage as exc:
+                assert exc.where.startswith(str(path))
+                continue
+            accepted += 1
+            np.testing.assert_array_equal(image.data, whole, err_msg=f"{kind} cut at {cut}")
+        assert accepted < 60, kind   # only cuts in trailing padding or metadata
+        path.write_bytes(data)
+        np.testing.assert_array_equal(read_fabio(path)[0].data, whole)
+
+
+async def test_folder_removed_files_hold_nothing_back(tmp_path: Path) -> None:
+    image = np.arange(12, dtype="<u2").reshape(3, 4)
+    adapter = folder_adapter(tmp_path, settle_s=0.3)
+    task = asyncio.create_task(consume(adapter, 2))
+    with open(tmp_path / "a_0001.edf", "wb") as f:   # a writer that gives up half way
+        f.write(b"{\n")
+        f.flush()
+        await asyncio.sleep(0.1)
+        (tmp_path / "a_0001.edf").unlink()
+    for name in ("a_0002.edf", "a_0001.edf"):       # a new a_0001 is a new file
+        fabio.edfimage.EdfImage(data=image).write(str(tmp_path / name))
+        await asyncio.sleep(0.05)
+    frames = await task
+    assert sorted(f.meta["file"] for f in frames) == ["a_0001.edf", "a_0002.edf"]
+    assert adapter.rejects == 0, adapter.errors
 
 
 async def test_folder_incomplete_edf_is_not_published_padded(tmp_path: Path) -> None:
