@@ -18,6 +18,7 @@ the in-process decode time of one bitshuffle-LZ4 4M frame (no peer, no target).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import statistics
@@ -102,10 +103,8 @@ def tx_detector(port: int, n: int, case: Case) -> dict[str, Any]:
     for parts in images:
         sock.send_multipart(parts, copy=False)
     result = finish_send(start, n)
-    try:   # the receiver may have gone once it had its images
+    with contextlib.suppress(zmq.Again):   # the receiver may have gone once it had its images
         sock.send_multipart(end, zmq.NOBLOCK)
-    except zmq.Again:
-        pass
     sock.close(linger=0)
     ctx.term()
     return result
