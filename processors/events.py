@@ -30,6 +30,10 @@ class EventsConfig(ProcessorConfig):
     settle_s: float = 10.0                # after a step change, before noise is judged
     short_drop_V: float = 0.5
     short_window_s: float = 1.0
+    short_rearm_s: float = 10.0           # the drop below a tenth of short_drop_V this long
+    # readings outside this span are not a cell voltage (a spike, a rail): every detector skips
+    # them, the sensor_faults processor reports them (its default voltage limits)
+    voltage_limits_V: tuple[float, float] = (-0.5, 5.5)
     micro_min_V: float = 0.015
     micro_max_current_change: float = 0.01  # relative: a micro-short leaves I unchanged
     micro_sigmas: float = 8.0             # ... and drops further than this many noise sigmas
@@ -62,7 +66,8 @@ class EventsConfig(ProcessorConfig):
            K.P_SOFT_SIGMA, K.P_SOFT_TAU, K.P_SOFT_FOR, K.P_STALL_FRAC, K.P_STALL_DV,
            K.P_SD_SETTLE, K.P_SD_TAU, K.P_SD_C_RATE, K.P_SD_FOR, K.P_PLATE_MIN, K.P_PLATE_FLAT,
            K.P_PLATE_FLAT_S, K.P_PLATE_WINDOW, K.P_PLATE_TAU, K.P_RUN_DTDT, K.P_RUN_HOLD,
-           K.P_RUN_TAU, K.P_V_LO, K.P_V_HI, K.P_MICRO_SIGMAS]] = [
+           K.P_RUN_TAU, K.P_V_LO, K.P_V_HI, K.P_MICRO_SIGMAS, K.P_V_VALID_LO, K.P_V_VALID_HI,
+           K.P_SHORT_REARM]] = [
             self.short_drop_V, self.short_window_s, self.micro_min_V,
             self.micro_max_current_change, self.rest_current_A, self.settle_s, self.soft_sigma_V,
             self.soft_tau_s, self.soft_for_s, self.stall_fraction, self.stall_dV,
@@ -70,7 +75,7 @@ class EventsConfig(ProcessorConfig):
             self.self_discharge_for_s, self.plating_min_rate_V_s, self.plating_flatness,
             self.plating_flat_s, self.plating_window_s, self.plating_tau_s,
             self.runaway_dTdt_C_s, self.runaway_hold_s, self.runaway_tau_s, *self.table_V,
-            self.micro_sigmas]
+            self.micro_sigmas, *self.voltage_limits_V, self.short_rearm_s]
         return p
 
 

@@ -111,3 +111,92 @@ def test_coulombic_efficiency_drop_against_the_cells_own_history() -> None:
     assert [e.cell for e in drops] == ["cell01"]
     assert drops[0].t0_ns > ex.ground_truth[0]["onset_ns"]
     assert drops[0].arrays["drop"][0] > 0.01
+
+
+# -- robustness: readings that are not the cell's voltage ---------------------------------------
+def _echem_frames(v: np.ndarray, i: np.ndarray, step: np.ndarray | None = None,
+                  hz: float = 10.0) -> list[Frame]:
+    """1-s echem frames of samples at ``hz`` (step 1 throughout unless given)."""
+    n = int(hz)
+    step = np.ones(v.size) if step is None else step
+    return [Frame("x/cell01/potentiostat", "echem", k, k * 1_000_000_000,
+                  {"t": np.arange(n) / hz, "voltage": v[k * n:(k + 1) * n],
+                   "current": i[k * n:(k + 1) * n], "step": step[k * n:(k + 1) * n]},
+                  {"t": "s", "voltage": "V", "current": "A"})
+            for k in range(v.size // n)]
+
+
+def _detect(frames: list[Frame]) -> list[tuple[str, float, Frame]]:
+    proc = EventProcessor()
+    return [(e.meta["event"], e.t0_ns / 1e9, e) for f in frames for e in proc.process(f)]
+
+
+def test_spikes_rails_and_a_bouncing_short_make_one_hard_short() -> None:
+    rng = np.random.default_rng(11)
+    t = np.arange(6000) / 10.0                       # 10 min of a 1C discharge at 10 Hz
+    v = 3.7 - 1e-4 * t + rng.normal(0, 2e-4, t.size)
+    i = np.full(t.size, -0.05)
+    spikes = (t >= 100) & (t < 400) & (rng.random(t.size) < 0.02)
+    v[spikes] *= 21.0                                # the sensor spikes to ~78 V every ~5 s
+    v[[4500, 4600, 4700]] += 0.8                     # single samples up, within the limits
+    v[(t >= 480) & (t < 530)] = 1e9                  # pinned at the rail for 50 s
+    short = t >= 560                                 # a short that bounces: 2 s down, 2 s up
+    v[short & ((t - 560) % 4 < 2)] = 1.4
+    events = _detect(_echem_frames(v, i))
+    assert [(name, t_s) for name, t_s, _ in events] == [("hard_short", 560.0)]
+    assert events[0][2].arrays["voltage_drop_V"][0] == pytest.approx(2.25, abs=0.01)
+
+
+def test_one_jump_does_not_raise_the_soft_short_sigma_lasting_noise_does() -> None:
+    rng = np.random.default_rng(12)
+    t = np.arange(9000) / 10.0                       # a 1C CC charge at 10 Hz
+    drop = np.zeros(t.size)
+    for at in (100.0, 200.0, 300.0):                 # micro-shorts of 80 mV, 1.5 s recovery
+        after = t >= at
+        drop[after] += 0.08 * np.exp(-(t[after] - at) / 1.5)
+    v = 3.6 + 3e-4 * t - drop + rng.normal(0, 2e-4, t.size)
+    noisy = t >= 600.0                               # then a soft short's 4 mV of noise
+    v[noisy] += rng.normal(0, 4e-3, noisy.sum())
+    events = _detect(_echem_frames(v, np.full(t.size, 0.05)))
+    micro = [t_s for name, t_s, _ in events if name == "micro_short" and t_s < 600]
+    assert micro == [100.0, 200.0, 300.0]
+    soft = [(t_s, e) for name, t_s, e in events if name == "soft_short"]
+    assert len(soft) == 1
+    assert 600.0 <= soft[0][0] <= 630.0
+    assert soft[0][1].arrays["voltage_sigma_V"][0] > 2e-3
+
+
+def test_a_frozen_reading_let_go_and_readings_after_a_gap_are_not_a_drop() -> None:
+    rng = np.random.default_rng(13)
+    t = np.arange(7000) / 10.0                       # a fast discharge: -1 mV/s
+    v = 3.9 - 1e-3 * t + rng.normal(0, 2e-4, t.size)
+    i = -0.05 * (1 + rng.normal(0, 1e-4, t.size))
+    frozen = (t >= 100) & (t < 400)                  # the sensor freezes for 300 s ...
+    v[frozen], i[frozen] = v[999], i[999]            # ... and lets go 0.3 V lower
+    v[(t >= 450) & (t < 560)] = 1e9                  # readings skipped for 110 s
+    assert _detect(_echem_frames(v, i)) == []
+
+
+def test_micro_short_at_the_current_limit_of_a_cv_hold() -> None:
+    """Late in a CC-CV charge the cycler answers a micro-short's EMF drop with current, up to
+    its CC limit; past it, V falls while I rises."""
+    rng = np.random.default_rng(14)
+    r0, limit, t_micro = 0.08, 0.05, 700.0
+    t = np.arange(8000) / 10.0
+    step = np.where(t < 20, 1.0, 2.0)                # rest, then the CC-CV step
+    ocv = np.where(t < 20, 4.15, np.minimum(4.15 + 1.5e-3 * (t - 20), 4.2 - limit * r0))
+    i = np.where(t < 20, 0.0, limit)
+    cv = (t >= 20) & (ocv + limit * r0 >= 4.2)
+    t_cv = t[cv][0]
+    i[cv] = limit * np.exp(-(t[cv] - t_cv) / 200.0)  # the current tapers in the CV phase
+    v = np.where(t < 20, 4.15, np.minimum(ocv + limit * r0, 4.2))
+    emf = np.where(t >= t_micro, 0.06 * np.exp(-(t - t_micro) / 1.5), 0.0)
+    wanted = i + emf / r0                            # the current that would hold 4.2 V
+    v = np.where(cv & (wanted > limit), v - (emf - (limit - i) * r0), v)
+    i = np.where(cv, np.minimum(wanted, limit), i)
+    v += rng.normal(0, 2e-4, t.size)
+    i *= 1 + rng.normal(0, 1e-4, t.size)
+    assert i[int(t_micro * 10)] == pytest.approx(limit, rel=1e-3)  # at the limit
+    events = _detect(_echem_frames(v, i, step))
+    assert [(name, t_s) for name, t_s, _ in events] == [("micro_short", t_micro)]
+    assert events[0][2].arrays["depth_V"][0] == pytest.approx(0.06, rel=0.1)

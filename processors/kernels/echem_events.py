@@ -7,12 +7,20 @@ that watch a cycler step restart when the step changes.
 
 Detectors and their codes:
 
-- ``HARD_SHORT``: V falls more than ``short_drop_V`` below its maximum over ``short_window_s``.
+- ``HARD_SHORT``: V falls more than ``short_drop_V`` below its maximum over ``short_window_s``
+  on two consecutive samples (onset at the first). The maximum is taken over values that held
+  for three samples, so a spike up is no reference; re-armed once the drop has stayed below a
+  tenth of ``short_drop_V`` for ``short_rearm_s``.
 - ``MICRO_SHORT``: a transient drop of V between two samples (from ``micro_min_V``, or
-  ``micro_sigmas`` × the learnt sample-to-sample noise if larger, up to the hard-short drop) with the current unchanged; under constant voltage the cycler holds V, so the signature is
-  a current jump whose ohmic equivalent (ΔI·R, R from the last step change) exceeds ``micro_min_V``.
+  ``micro_sigmas`` × the learnt sample-to-sample noise if larger, up to the hard-short drop) with
+  the current unchanged; under constant voltage the cycler holds V, so the signature is a current
+  jump whose ohmic equivalent (ΔI·R, R from the last step change) exceeds ``micro_min_V``; and
+  when the cycler can only partly answer (a CV hold at its current limit), V falls while I rises,
+  which no ohmic response does: the depth is -ΔV + ΔI·R.
 - ``SOFT_SHORT``: during a constant-current charge, the EWMA sigma of ΔV above ``soft_sigma_V`` for
-  ``soft_for_s``; or charge passed (``stall_fraction`` of the last charge) without V rising
+  ``soft_for_s``, each ΔV clipped at ``SOFT_CLIP`` sigmas (at least half ``soft_sigma_V``) so that
+  one jump (a micro-short, a frozen reading let go) cannot raise it while lasting noise does
+  within seconds; or charge passed (``stall_fraction`` of the last charge) without V rising
   ``stall_dV``.
 - ``SELF_DISCHARGE``: at rest after ``sd_settle_s``, the voltage slope (exponentially weighted
   regression) converted to a leak current through dV/dQ of the last half-cycle at that voltage,
@@ -21,6 +29,13 @@ Detectors and their codes:
   ``plating_flat_s`` at a magnitude of at least ``plating_min_rate_V_s``: a stripping plateau. A
   normal relaxation is a sum of decaying exponentials, whose dV/dt only decays.
 - ``THERMAL_RUNAWAY``: GB 38031-2020, dT/dt of at least 1 °C/s held for more than 3 s.
+
+Readings that cannot be a cell voltage (outside ``voltage_limits_V``: a spike of tens of volts, a
+sensor pinned at its rail) are skipped by every detector: ``sensor_faults`` reports them.
+A frozen reading (V and a non-zero I bit-identical to the sample before) carries no news: it is
+not judged by the micro- and soft-short detectors, and after ``FROZEN_RUN`` such samples the
+first moving one is not taken for a drop (the hard-short maximum restarts from it); nor is the
+first sample more than ``MAX_GAP_S`` after the last valid one (readings skipped or lost).
 """
 
 from __future__ import annotations
@@ -37,15 +52,19 @@ NAMES = ("hard_short", "micro_short", "soft_short", "soft_short", "self_discharg
 (P_SHORT_DROP, P_SHORT_WIN, P_MICRO_MIN, P_MICRO_DI, P_REST_I, P_SETTLE, P_SOFT_SIGMA, P_SOFT_TAU,
  P_SOFT_FOR, P_STALL_FRAC, P_STALL_DV, P_SD_SETTLE, P_SD_TAU, P_SD_C_RATE, P_SD_FOR,
  P_PLATE_MIN, P_PLATE_FLAT, P_PLATE_FLAT_S, P_PLATE_WINDOW, P_PLATE_TAU, P_RUN_DTDT, P_RUN_HOLD,
- P_RUN_TAU, P_V_LO, P_V_HI, P_MICRO_SIGMAS) = range(26)
-N_PARAMS = 26
+ P_RUN_TAU, P_V_LO, P_V_HI, P_MICRO_SIGMAS, P_V_VALID_LO, P_V_VALID_HI, P_SHORT_REARM) = range(29)
+N_PARAMS = 29
+SOFT_CLIP = 4.0      # soft-short sigma: each dV clipped at this many sigmas
+FROZEN_RUN = 10      # frozen samples after which the next moving one is a sensor's release
+MAX_GAP_S = 5.0      # samples further apart than this are not compared sample to sample
 
 # state: scalars, then the regression sums, the dV/dQ table and the sliding-max ring
 (S_T, S_V, S_I, S_STEP, S_STEP_T, S_Q, S_R_EST, S_ARMED_HARD, S_MICRO_REF, S_ARMED_MICRO,
  S_SOFT_VAR, S_SOFT_SINCE, S_ARMED_SOFT, S_STALL_Q, S_STALL_V, S_LAST_CHARGE_AH, S_HALF_Q0,
  S_HALF_SIGN, S_SD_SINCE, S_ARMED_SD, S_PREV_SIGN, S_PLATE_REF_T, S_PLATE_REF_RATE, S_ARMED_PLATE,
- S_RUN_SINCE, S_ARMED_RUN, S_DQ_HEAD, S_DQ_LEN, S_CAPACITY_AH, S_SOFT_N, S_NOISE_VAR, S_V_SMOOTH) = range(32)
-N_SCALARS = 32
+ S_RUN_SINCE, S_ARMED_RUN, S_DQ_HEAD, S_DQ_LEN, S_CAPACITY_AH, S_SOFT_N, S_NOISE_VAR, S_V_SMOOTH,
+ S_V_PREV2, S_HARD_T0, S_HARD_DROP, S_HARD_V, S_HARD_I, S_HARD_CLEAR, S_FROZEN_N) = range(39)
+N_SCALARS = 39
 EW = 5                                   # sums of an exponentially weighted regression
 REG_SD, REG_PLATE, REG_TEMP = N_SCALARS, N_SCALARS + EW, N_SCALARS + 2 * EW
 N_BINS = 64                              # dV/dQ table: charge at each voltage bin edge
@@ -63,7 +82,8 @@ def new_state() -> np.ndarray:
     for armed in (S_ARMED_HARD, S_ARMED_MICRO, S_ARMED_SOFT, S_ARMED_SD, S_ARMED_PLATE,
                   S_ARMED_RUN):
         st[armed] = 1.0
-    for since in (S_SOFT_SINCE, S_SD_SINCE, S_RUN_SINCE, S_PLATE_REF_T, S_STALL_Q):
+    for since in (S_SOFT_SINCE, S_SD_SINCE, S_RUN_SINCE, S_PLATE_REF_T, S_STALL_Q, S_V_PREV2,
+                  S_HARD_T0, S_HARD_CLEAR):
         st[since] = np.nan
     st[S_R_EST] = np.nan
     st[TABLE:DQ] = np.nan
@@ -170,11 +190,19 @@ def detect_block(t: np.ndarray, v: np.ndarray, i: np.ndarray, temp: np.ndarray,
         tk, vk, ik = t[k], v[k], i[k]
         if not (np.isfinite(tk) and np.isfinite(vk) and np.isfinite(ik)):
             continue
+        if vk < p[P_V_VALID_LO] or vk > p[P_V_VALID_HI]:
+            continue  # not a cell voltage: a sensor fault, reported by sensor_faults
         tp, vp, ip = st[S_T], st[S_V], st[S_I]
         first = np.isnan(tp)
         dt = 0.0 if first else tk - tp
         if not first and dt <= 0.0:
             continue  # out of order or repeated: ignored
+        # a frozen reading carries no news; the first moving sample after a run of them is the
+        # sensor let go, not a change of the cell
+        frozen = not first and vk == vp and ik == ip and ik != 0.0
+        # ... as is the first after a gap (readings skipped or lost): not compared with the last
+        resync = not frozen and (st[S_FROZEN_N] >= FROZEN_RUN or (not first and dt > MAX_GAP_S))
+        st[S_FROZEN_N] = st[S_FROZEN_N] + 1.0 if frozen else 0.0
         sign = 0
         if ik > p[P_REST_I]:
             sign = 1
@@ -234,18 +262,40 @@ def detect_block(t: np.ndarray, v: np.ndarray, i: np.ndarray, temp: np.ndarray,
                               p[P_V_HI])
         else:
             st[S_V_SMOOTH] = vk
-        # hard short
-        vmax = _sliding_max(st, tk, vk, p[P_SHORT_WIN])
+        # hard short: against the maximum of values held for three samples (a spike up is no
+        # reference), confirmed by the next sample
+        if resync:
+            st[S_DQ_LEN] = 0.0
+        held = vk
+        if not first and not resync:
+            held = min(held, vp)
+            if not np.isnan(st[S_V_PREV2]):
+                held = min(held, st[S_V_PREV2])
+        vmax = _sliding_max(st, tk, held, p[P_SHORT_WIN])
         drop = vmax - vk
-        if st[S_ARMED_HARD] == 1.0 and drop > p[P_SHORT_DROP]:
-            st[S_ARMED_HARD] = 0.0
-            out[m, 0], out[m, 1], out[m, 2], out[m, 3], out[m, 4], out[m, 5] = \
-                HARD_SHORT, k, tk, drop, vk, ik
-            m += 1
-        elif st[S_ARMED_HARD] == 0.0 and drop < 0.1 * p[P_SHORT_DROP] and in_step > p[P_SHORT_WIN]:
-            st[S_ARMED_HARD] = 1.0
+        if drop > p[P_SHORT_DROP]:
+            st[S_HARD_CLEAR] = np.nan
+            if st[S_ARMED_HARD] == 1.0:
+                if np.isnan(st[S_HARD_T0]):
+                    st[S_HARD_T0], st[S_HARD_DROP], st[S_HARD_V], st[S_HARD_I] = tk, drop, vk, ik
+                else:
+                    st[S_ARMED_HARD] = 0.0
+                    out[m, 0], out[m, 1], out[m, 2], out[m, 3], out[m, 4], out[m, 5] = \
+                        HARD_SHORT, k, st[S_HARD_T0], st[S_HARD_DROP], st[S_HARD_V], st[S_HARD_I]
+                    m += 1
+                    st[S_HARD_T0] = np.nan
+        else:
+            st[S_HARD_T0] = np.nan
+            if drop >= 0.1 * p[P_SHORT_DROP]:
+                st[S_HARD_CLEAR] = np.nan
+            elif st[S_ARMED_HARD] == 0.0:
+                if np.isnan(st[S_HARD_CLEAR]):
+                    st[S_HARD_CLEAR] = tk
+                if tk - st[S_HARD_CLEAR] >= p[P_SHORT_REARM]:
+                    st[S_ARMED_HARD] = 1.0
+                    st[S_HARD_CLEAR] = np.nan
         # micro short
-        if not first and not changed:
+        if not first and not changed and not frozen and not resync:
             dv, di = vk - vp, ik - ip
             depth = 0.0
             if abs(di) <= p[P_MICRO_DI] * max(abs(ip), 10 * p[P_REST_I]):
@@ -257,6 +307,12 @@ def detect_block(t: np.ndarray, v: np.ndarray, i: np.ndarray, temp: np.ndarray,
                     depth = di * st[S_R_EST]
                 elif di > 0.5 * abs(ip):
                     depth = max(p[P_MICRO_MIN], p[P_MICRO_SIGMAS] * np.sqrt(st[S_NOISE_VAR]))
+            elif dv < 0 and di > 0:
+                # V fell while I rose: an EMF drop the cycler answered only in part (a CV hold
+                # at its current limit); an ohmic response moves both the same way
+                depth = -dv
+                if not np.isnan(st[S_R_EST]):
+                    depth += di * st[S_R_EST]
             floor = max(p[P_MICRO_MIN], p[P_MICRO_SIGMAS] * np.sqrt(st[S_NOISE_VAR]))
             if depth < floor:  # the voltage noise, learnt where nothing happens
                 st[S_NOISE_VAR] += (1.0 - np.exp(-dt / 60.0)) * (dv * dv - st[S_NOISE_VAR])
@@ -270,8 +326,12 @@ def detect_block(t: np.ndarray, v: np.ndarray, i: np.ndarray, temp: np.ndarray,
             st[S_ARMED_MICRO] = 1.0
         # soft short: noisy voltage, or a stalled voltage, during a constant-current charge
         cc_charge = sign > 0 and not first and abs(ik - ip) <= p[P_MICRO_DI] * abs(ip)
-        if cc_charge and in_step > p[P_SETTLE] and not changed:
-            dv = vk - vp
+        if frozen:
+            st[S_STALL_Q] = np.nan  # no news: the stall window restarts after the freeze
+        elif cc_charge and in_step > p[P_SETTLE] and not changed and not resync:
+            # EWMA of dV^2 with dV clipped at SOFT_CLIP sigmas: one jump cannot raise it
+            clip = max(SOFT_CLIP * np.sqrt(st[S_SOFT_VAR]), 0.5 * p[P_SOFT_SIGMA])
+            dv = min(abs(vk - vp), clip)
             a = 1.0 - np.exp(-dt / p[P_SOFT_TAU])
             st[S_SOFT_VAR] += a * (dv * dv - st[S_SOFT_VAR])
             st[S_SOFT_N] += 1.0
@@ -346,6 +406,7 @@ def detect_block(t: np.ndarray, v: np.ndarray, i: np.ndarray, temp: np.ndarray,
                 st[S_RUN_SINCE] = np.nan
                 if dtdt < 0:
                     st[S_ARMED_RUN] = 1.0
+        st[S_V_PREV2] = vk if first else vp
         st[S_T], st[S_V], st[S_I] = tk, vk, ik
         st[S_PREV_SIGN] = sign
         if m >= out.shape[0] - 8:
