@@ -5,7 +5,9 @@ array but ``t`` and the names in ``exclude``) gets four detectors whose state li
 numba state row (``processors/kernels/sensor.py``), each O(1) per sample:
 
 - **sensor_dropout**: no finite sample (NaN/inf, or a time gap) for more than
-  max(``dropout_s``, ``dropout_periods`` x the learned sample period);
+  max(``dropout_s``, ``dropout_periods`` x the learned sample period). Frames lost in transport
+  (a gap in the frame's ``seq``) are the link's loss, counted by the sequence tracker, not the
+  sensor's: the time they covered is not counted as missing;
 - **sensor_out_of_range**: outside the channel's ``limits`` for ``range_s`` and
   ``range_min_samples``; re-armed after ``rearm_s`` inside the limits narrowed by the
   hysteresis;
@@ -122,6 +124,7 @@ class _StreamState:
     state: np.ndarray = field(default_factory=lambda: K.new_state(0))
     chan: np.ndarray = field(default_factory=lambda: np.zeros((0, K.N_CHAN)))
     rows: dict[tuple[str, ...], np.ndarray] = field(default_factory=dict)
+    seq: dict[str, int] = field(default_factory=dict)  # frame kind -> last seq
 
 
 class SensorFaultProcessor(Processor):
@@ -159,8 +162,12 @@ class SensorFaultProcessor(Processor):
             rows = st.rows[channels] = self._rows(frame, st, channels)
         x = np.concatenate(values).reshape(len(values), t.size) if values else \
             np.empty((0, t.size))
-        found = K.monitor(self.stream_seconds(frame, t), x, rows, st.state, st.chan,
-                          self._params, self._enabled)
+        t_abs = self.stream_seconds(frame, t)
+        last_seq = st.seq.get(frame.kind)
+        st.seq[frame.kind] = frame.seq
+        if last_seq is not None and frame.seq > last_seq + 1 and t_abs.size:
+            K.skip_lost(st.state, rows, float(t_abs[0]))  # lost in transport, not a dropout
+        found = K.monitor(t_abs, x, rows, st.state, st.chan, self._params, self._enabled)
         if not found.shape[0]:
             return []
         names_of = {row: name for name, row in st.index.items()}

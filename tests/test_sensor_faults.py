@@ -242,6 +242,36 @@ def test_dropout_nan_runs_and_time_gaps() -> None:
     assert alarms[0].onset_s == pytest.approx(tg[1999] + 0.1)
 
 
+def test_frames_lost_in_transport_are_not_a_sensor_dropout() -> None:
+    """A gap in ``seq`` is the link's loss (the sequence tracker counts it): the time the lost
+    frames covered is not missing data. The same gap in time with no frame lost is a dropout,
+    and so is a NaN run that lost frames interrupt."""
+    rng = np.random.default_rng(6)
+
+    def frames(lost: set[int], seq_gaps: bool, nan: range = range(0)) -> list[Frame]:
+        out = []
+        for k in range(300):  # 10 Hz in 1-s frames
+            if k in lost:
+                continue
+            v = 3.7 + rng.normal(0, 2e-4, 10)
+            if k in nan:
+                v[:] = np.nan
+            out.append(Frame("x/c/pot", "echem", k if seq_gaps else len(out),
+                             k * 1_000_000_000, {"t": np.arange(10) * 0.1, "voltage": v,
+                                                 "current": 0.05 + rng.normal(0, 5e-6, 10)},
+                             {"voltage": "V", "current": "A"}))
+        return out
+
+    lost = {100, 101, 102, 200, 201}                 # 3.1 s and 2.1 s without samples
+    assert _events(frames(lost, seq_gaps=True)) == []
+    gaps = _events(frames(lost, seq_gaps=False))     # the instrument sent nothing
+    assert [(e.meta["channel"], e.meta["cause"]) for e in gaps] == \
+        [("voltage", "gap"), ("current", "gap")] * 2
+    nan = _events(frames({252, 253}, seq_gaps=True, nan=range(250, 256)))
+    assert [(e.meta["channel"], e.meta["cause"]) for e in nan] == [("voltage", "nan")]
+    assert nan[0].t0_ns == 250_000_000_000           # the NaN run keeps its onset
+
+
 def _robust_z_reference(x: np.ndarray, spikes: np.ndarray, warmup: int,
                         alpha: float) -> np.ndarray:
     """z of each sample after the warm-up against the EWMA level/scale of the samples before

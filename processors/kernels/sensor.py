@@ -115,6 +115,22 @@ def dropout_step(s: np.ndarray, t: float, x: float, p: np.ndarray, ev: np.ndarra
 
 
 @nb.njit(cache=True)
+def skip_lost(state: np.ndarray, rows: np.ndarray, t: float) -> None:
+    """Frames lost in transport (a gap in ``seq``) came before the sample at ``t``: the sensor
+    did not drop out, the link did, and the sequence tracker counts that. The dropout clock of
+    each channel moves on by the time the lost frames covered (beyond one sample period), so
+    only received time counts as missing; a NaN run keeps its onset."""
+    for c in range(rows.shape[0]):
+        s = state[rows[c]]
+        last, per = s[D_T_LAST], s[D_PERIOD]
+        if math.isnan(last) or math.isnan(per) or math.isnan(s[D_T_GOOD]):
+            continue
+        lost = t - last - per
+        if lost > 0.0:
+            s[D_T_GOOD] += lost
+
+
+@nb.njit(cache=True)
 def range_step(s: np.ndarray, t: float, x: float, low: float, high: float, hyst: float,
                p: np.ndarray, ev: np.ndarray) -> int:
     """Outside [low, high] for at least range_s and range_n samples; re-armed after rearm_s
