@@ -6,8 +6,13 @@ cell and the cell temperature (run after the ``gas`` processor).
   zero, and reported with the cell voltage, the charge and (when the electrochem processor gives
   one) the state of charge at that time. Onsets at rates of ``alarm_rate_mol_s`` or more are
   warnings; smaller ones (the everyday O2/CO2 release at high state of charge) are ``info``
-  records of the onset voltage. The CUSUM restarts at each cycler step change, and a
-  detector re-arms once the rate is back at its baseline.
+  records of the onset voltage; ``latency_s`` is the time from the estimated onset to the
+  detection. An onset at the alarm rate is placed where the rate reached half of it, when
+  that is later than where the excursion began (a burst on top of everyday gassing starts at
+  the burst), and an episode below the alarm rate escalates to a warning when a burst comes.
+  The CUSUM restarts at each cycler step change, and a detector re-arms once the rate is back
+  at its baseline, or after a warning once block means are back below half the alarm rate,
+  for ``rearm_s``.
 - **runaway precursor, per cell:** indicators that each hold for ``hold_s``: H2 and CO2 rates that
   accelerate (d ln(rate)/dt above 1/``growth_time_s`` above the onset level, keeping half of it
   over ``growth_lag_s``, held for ``growth_hold_s``: an exponential does, a burst's first-order
@@ -205,21 +210,22 @@ class GasEventProcessor(Processor):
         e = 0
         for k in range(n):
             while e < n_events and events[e, 0] == k:
-                out.append(self._onset_event(frame, cell, gas, events[e]))
+                out.append(self._onset_event(frame, cell, gas, events[e], float(ts[k])))
                 e += 1
             if growth_name is not None and codes[k] != K.SKIPPED:
                 out += self._indicator(frame, cell, growth_name, float(ts[k]), codes[k] == K.ON,
                                        float(growth[k]))
         return out
 
-    def _onset_event(self, frame: Frame, cell: _Cell, gas: str, row: np.ndarray) -> Frame:
+    def _onset_event(self, frame: Frame, cell: _Cell, gas: str, row: np.ndarray,
+                     detected_t: float) -> Frame:
         onset_t, z, rate, baseline, sigma = (float(v) for v in row[1:])
         v, q, soc = self._at(cell, onset_t)
         severity = "warning" if rate >= self.config.alarm_rate_mol_s else "info"
         return self._event(frame, cell, onset_t, "gas_onset", severity, {
             "gas": gas, "rate_mol_s": rate, "baseline_mol_s": baseline,
             "baseline_sigma_mol_s": sigma, "voltage_V": v, "charge_Ah": q, "soc": soc,
-            "statistic": z})
+            "statistic": z, "latency_s": detected_t - onset_t})
 
     def _slope_indicator(self, frame: Frame, cell: _Cell, name: str, ts: np.ndarray,
                          values: np.ndarray, fit: np.ndarray, limit: float) -> list[Frame]:

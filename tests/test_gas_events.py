@@ -104,3 +104,36 @@ def test_gas_burst_in_a_flow_cell_within_two_time_constants() -> None:
 def test_clean_cycling_raises_no_gas_alarms() -> None:
     _, events = _run("cycling", 4 * 3600, cells=3)
     assert _alarms(events) == []
+
+
+def test_bursts_after_a_burst_and_on_top_of_everyday_gassing_found_at_their_start() -> None:
+    rng = np.random.default_rng(8)
+    rates = rng.normal(1e-11, 1e-11, 40_000)
+    rates[20_000:20_600] += 3e-9
+    rates[20_600:] += 3e-11     # after the first burst the rate stays above its old baseline
+    rates[26_000:26_600] += 1.6e-9
+    rates[30_000:] += 2e-10     # everyday gassing, 20 sample sigmas up: a record ...
+    rates[33_000:33_600] += 1.6e-9  # ... with a burst on top
+    events = _onsets(rates)
+    warnings = [(e.t0_ns - T0) / 1e9 for e in events if e.meta["severity"] == "warning"]
+    assert warnings == [20_000.0, 26_000.0, 33_000.0]
+    for e in events:  # detected after the onset it reports
+        assert e.arrays["latency_s"][0] >= 0.0
+
+
+@pytest.mark.parametrize("cell_type", ["closed", "flow"])
+def test_the_smallest_burst_after_a_burst_and_at_high_soc_within_two_time_constants(
+        cell_type: str) -> None:
+    # the second burst, of the smallest size the benchmark injects, comes during the next
+    # charge's everyday CO2 and O2 release, an hour and a half after the first
+    bursts = [FaultSpec(kind="gas_burst", cells=[0], at_s=4000.0, until_s=4600.0,
+                        magnitude=2.2e-9),
+              FaultSpec(kind="gas_burst", cells=[0], at_s=11000.0, until_s=11600.0,
+                        magnitude=1.6e-9)]
+    ex, events = _run("cycling", 12000, cells=2, cell_type=cell_type, faults=bursts)
+    assert _alarms(events) == [("cell01", "gas_onset")] * 2
+    tau = 30.0  # flow: V/Q = 0.5 mL / 1 mL/min; closed: the 30 s slope window
+    found = [e for e in events if e.meta["severity"] == "warning"]
+    for e, fault in zip(found, ex.ground_truth, strict=True):
+        assert e.meta["gas"] == "CO2"
+        assert -tau <= (e.t0_ns - fault["onset_ns"]) / 1e9 <= 2 * tau

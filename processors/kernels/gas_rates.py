@@ -257,11 +257,12 @@ def gas_block(signals: np.ndarray, t: np.ndarray, a: np.ndarray, scale_a: float,
 
 # -- gas events: gassing onsets and accelerating gas, per gas ---------------------------------
 # state of one gas: sample and block baselines (mean, var, n), the open block, the CUSUM, the
-# fast path, arming, the last time, the EW regression of log(rate) and a ring of its history
+# fast path, arming, the last time, the start of the run at alarm level, the EW regression of
+# log(rate) and a ring of its history
 (O_S_MEAN, O_S_VAR, O_S_N, O_B_MEAN, O_B_VAR, O_B_N, O_BLOCK_SUM, O_BLOCK_N, O_BLOCK_T0,
  O_CUSUM, O_LEFT_ZERO_T, O_FAST_SINCE, O_ARMED, O_ALARMED, O_QUIET_SINCE, O_LAST_T,
- O_HIST_HEAD, O_HIST_LEN) = range(18)
-O_GROWTH = 18
+ O_HIST_HEAD, O_HIST_LEN, O_HIGH_SINCE) = range(19)
+O_GROWTH = 19
 HISTORY = 256
 O_HIST_T = O_GROWTH + EW
 O_HIST_G = O_HIST_T + HISTORY
@@ -278,7 +279,7 @@ SKIPPED, OFF, ON = -1, 0, 1
 
 def new_onset_state() -> np.ndarray:
     st = np.zeros(N_ONSET)
-    st[[O_BLOCK_T0, O_LEFT_ZERO_T, O_FAST_SINCE, O_QUIET_SINCE, O_LAST_T]] = np.nan
+    st[[O_BLOCK_T0, O_LEFT_ZERO_T, O_FAST_SINCE, O_QUIET_SINCE, O_LAST_T, O_HIGH_SINCE]] = np.nan
     st[O_ARMED] = 1.0
     return st
 
@@ -316,20 +317,41 @@ def onset_step(st: np.ndarray, t: float, rate: float, dt: float, p: np.ndarray,
                ev: np.ndarray) -> bool:
     """One rate sample through the two onset paths (see processors/gas_events.py): a CUSUM over
     block means and a sample ``fast_z`` sigmas up for ``fast_hold_s``. On an onset, writes
-    (onset time, statistic) to ev[0:2], disarms and returns True."""
+    (onset time, statistic) to ev[0:2], disarms and returns True.
+
+    The alarm-level run is the run of samples at half the alarm rate or more. An onset at the
+    alarm rate is placed where that run began when it is later than where the excursion began:
+    a burst on top of everyday gassing starts at the burst. A fast excursion that is in an
+    alarm-level run fires once the run has held ``fast_hold_s`` too (or when the rate falls
+    back below it), so that one burst makes one event at its severity. After an onset at the
+    alarm rate, block means back below half of it for ``rearm_s`` re-arm the detector as a
+    return to the baseline does, so that everyday gassing after a burst does not hide the
+    next one."""
+    alarm = p[Q_ALARM_RATE]
+    if rate >= 0.5 * alarm:
+        if math.isnan(st[O_HIGH_SINCE]):
+            st[O_HIGH_SINCE] = t
+    else:
+        st[O_HIGH_SINCE] = np.nan
+    high_since = st[O_HIGH_SINCE]
+    high = math.isfinite(high_since)
+    high_held = high and t - high_since >= p[Q_FAST_HOLD]
     warm = st[O_B_N] >= p[Q_WARMUP_BLOCKS] and st[O_B_VAR] > 0 and st[O_S_VAR] > 0
     z = (rate - st[O_S_MEAN]) / math.sqrt(st[O_S_VAR]) if warm else 0.0
     found = False
     if warm and z > p[Q_FAST_Z]:
         if math.isnan(st[O_FAST_SINCE]):
             st[O_FAST_SINCE] = t
-        armed = st[O_ARMED] == 1.0
-        # an episode of info-level gassing escalates when a burst above the alarm rate comes
-        escalates = not armed and st[O_ALARMED] == 0.0 and rate >= p[Q_ALARM_RATE]
-        if (armed or escalates) and t - st[O_FAST_SINCE] >= p[Q_FAST_HOLD] \
-                and rate > p[Q_MIN_RATE]:
+        onset = st[O_FAST_SINCE]
+        if rate >= alarm and high_since > onset:
+            onset = high_since
+        if st[O_ARMED] == 1.0:
+            ready = t - st[O_FAST_SINCE] >= p[Q_FAST_HOLD] and (not high or high_held)
+        else:  # an episode of gassing below the alarm rate escalates when a burst above it comes
+            ready = st[O_ALARMED] == 0.0 and high_held and rate >= alarm
+        if ready and rate > p[Q_MIN_RATE]:
             found = True
-            ev[0], ev[1] = st[O_FAST_SINCE], z
+            ev[0], ev[1] = onset, z
     else:
         st[O_FAST_SINCE] = np.nan
     if math.isnan(st[O_BLOCK_T0]):
@@ -348,8 +370,13 @@ def onset_step(st: np.ndarray, t: float, rate: float, dt: float, p: np.ndarray,
             if st[O_ARMED] == 1.0 and st[O_CUSUM] > p[Q_CUSUM_H] and mean > p[Q_MIN_RATE] \
                     and not found:
                 found = True
-                ev[0], ev[1] = st[O_LEFT_ZERO_T], st[O_CUSUM]
+                onset = st[O_LEFT_ZERO_T]
+                if rate >= alarm and high_since > onset:
+                    onset = high_since
+                ev[0], ev[1] = onset, st[O_CUSUM]
             quiet, typical = zb < 0.5, abs(zb) < 3.0
+            if st[O_ALARMED] == 1.0 and mean < 0.5 * alarm:
+                quiet = True  # the burst is over
         else:
             quiet = typical = True
         if st[O_ARMED] == 1.0 and typical:
