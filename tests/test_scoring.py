@@ -47,6 +47,23 @@ def test_matching_rules_latency_windows_consequences_and_false_alarms() -> None:
     assert "missed" in s.render()
 
 
+def test_consequences_a_gas_onset_estimated_a_block_early_and_repeated_plating() -> None:
+    truth = [_truth("cell01", "runaway_precursor", 3600.0), _truth("cell02", "plating", 0.0),
+             _truth("cell03", "runaway_precursor", 3600.0)]
+    early = _event("cell01", "gas_onset", 3543.0)        # the CUSUM block began before ...
+    early["values"] = {"latency_s": 180.0}              # ... but it was detected after
+    before = _event("cell03", "gas_onset", 3543.0)      # detected before the fault began
+    before["values"] = {"latency_s": 10.0}
+    too_early = _event("cell03", "gas_onset", 3500.0)   # more than a block before
+    too_early["values"] = {"latency_s": 400.0}
+    events = [_event("cell01", "runaway_precursor", 3700.0), early, before, too_early,
+              _event("cell02", "plating", 2000.0), _event("cell02", "plating", 14000.0)]
+    s = score(Run("t", 3, 20000.0, "closed", 0, truth, events, {}))
+    assert s.consequences == {"gas_onset": 1, "plating": 1}
+    assert [(e["cell"], e["t_s"]) for e in s.false_alarms] == [("cell03", 3543.0),
+                                                             ("cell03", 3500.0)]
+
+
 def test_runaway_scenario_every_fault_found_and_no_false_alarm() -> None:
     run = run_scenario(load_scenario("thermal-runaway-precursor"), cells=3, seconds=5500)
     s = score(run)
