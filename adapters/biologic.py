@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -351,7 +351,7 @@ class BiologicMprAdapter(RowsAdapter):
         self._seen = len(mpr.data["time/s"])
         return (self.publish(rows) if rows is not None else []), True
 
-    def finish(self, complete: bool) -> list[Frame]:
+    def finish(self, complete: bool) -> Iterable[Frame]:
         """A file still unreadable (or never found) at the end is counted once."""
         if self._failure is not None or self._signature is None:
             reason = "file not found" if self._signature is None else \

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import glob
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -148,14 +148,14 @@ class FollowedFile(Generic[T]):
         self._open(following)
         return out, True
 
-    def finish(self, complete: bool) -> list[T]:
-        """The rest of the file, its unfinished last line as a line, then ``end_of_file``."""
-        out: list[T] = []
+    def finish(self, complete: bool) -> Iterator[T]:
+        """The rest of the file (chunk by chunk, as the items are taken), its unfinished last
+        line as a line, then ``end_of_file``."""
         while (chunk := self._read(True)) is not None:
-            out += self._take(chunk)
+            yield from self._take(chunk)
             if not chunk.more:
                 break
-        return out + self.handler.end_of_file(complete)
+        yield from self.handler.end_of_file(complete)
 
 
 class FollowedFileAdapter(Adapter):
@@ -214,7 +214,7 @@ class FollowedFileAdapter(Adapter):
         assert self.file is not None
         return self.file.poll()
 
-    def finish(self, complete: bool) -> list[Frame]:
+    def finish(self, complete: bool) -> Iterable[Frame]:
         """The last frames: the rest of the file, then ``end_of_file(complete)``."""
         assert self.file is not None
         return self.file.finish(complete)
