@@ -12,7 +12,10 @@ cell and the cell temperature (run after the ``gas`` processor).
   the burst), and an episode below the alarm rate escalates to a warning when a burst comes.
   The CUSUM restarts at each cycler step change, and a detector re-arms once the rate is back
   at its baseline, or after a warning once block means are back below half the alarm rate,
-  for ``rearm_s``.
+  for ``rearm_s``. An ion-current spike (the gas's ``mole_fraction`` up and back in one
+  sample: gas through a headspace or a flow cell cannot do that) disturbs every rate over
+  the slope window that holds it: for ``spike_veto_s`` the rates are not judged (the
+  ``sensor_faults`` processor reports the spikes).
 - **runaway precursor, per cell:** indicators that each hold for ``hold_s``: H2 and CO2 rates that
   accelerate (d ln(rate)/dt above 1/``growth_time_s`` above the onset level, keeping half of it
   over ``growth_lag_s``, held for ``growth_hold_s``: an exponential does, a burst's first-order
@@ -54,6 +57,7 @@ class GasEventsConfig(ProcessorConfig):
     min_rate_mol_s: float = 0.0       # an onset must also exceed this absolute rate
     alarm_rate_mol_s: float = 1e-9    # onsets above this rate are warnings, below it info
     rearm_s: float = 300.0           # back at the baseline (z < 0.5) this long re-arms
+    spike_veto_s: float = 30.0        # rates this long after an ion-current spike are not judged
     # runaway precursor
     runaway_gases: list[str] = ["H2", "CO2"]
     growth_time_s: float = 120.0      # accelerating: d ln(rate)/dt above 1/growth_time_s
@@ -71,10 +75,10 @@ def onset_params(c: GasEventsConfig) -> np.ndarray:
     p = np.zeros(K.N_ONSET_PARAM)
     p[[K.Q_BLOCK_S, K.Q_WARMUP_BLOCKS, K.Q_BASELINE_TAU, K.Q_CUSUM_K, K.Q_CUSUM_H, K.Q_FAST_Z,
        K.Q_FAST_HOLD, K.Q_MIN_RATE, K.Q_ALARM_RATE, K.Q_REARM_S, K.Q_GROWTH_TIME,
-       K.Q_GROWTH_TAU, K.Q_GROWTH_LAG]] = [
+       K.Q_GROWTH_TAU, K.Q_GROWTH_LAG, K.Q_SPIKE_VETO]] = [
         c.block_s, c.warmup_blocks, c.baseline_tau_s, c.cusum_k, c.cusum_h, c.fast_z,
         c.fast_hold_s, c.min_rate_mol_s, c.alarm_rate_mol_s, c.rearm_s, c.growth_time_s,
-        c.growth_tau_s, c.growth_lag_s]
+        c.growth_tau_s, c.growth_lag_s, c.spike_veto_s]
     return p
 
 
@@ -194,13 +198,18 @@ class GasEventProcessor(Processor):
             return []
         t, rate = require_arrays(frame, ("t", "rate_mol_s"))
         ts = self._times(cell, frame, t)
+        x = frame.arrays.get("mole_fraction")
+        if x is None or x.size != ts.size:
+            x = np.full(ts.size, np.nan)
+        elif x.dtype != np.float64 or x.ndim != 1:
+            x = np.ascontiguousarray(np.ravel(x), dtype=np.float64)
         st = cell.gases.get(gas)
         if st is None:
             st = cell.gases[gas] = K.new_onset_state()
         n = ts.size
         events = np.empty((n, K.N_ONSET_EVIDENCE))
         codes, growth = np.empty(n, dtype=np.int64), np.empty(n)
-        n_events, n_on, n_used = K.onset_block(ts, rate, st, self._params, report,
+        n_events, n_on, n_used = K.onset_block(ts, rate, x, st, self._params, report,
                                                 growth_name is not None, events, codes, growth)
         if n_events == 0 and n_on == 0:  # the usual case: nothing to report
             if growth_name is not None and n_used:  # the growth indicator's hold restarts

@@ -137,3 +137,16 @@ def test_the_smallest_burst_after_a_burst_and_at_high_soc_within_two_time_consta
     for e, fault in zip(found, ex.ground_truth, strict=True):
         assert e.meta["gas"] == "CO2"
         assert -tau <= (e.t0_ns - fault["onset_ns"]) / 1e9 <= 2 * tau
+
+
+def test_ion_current_spikes_raise_no_gas_onset_and_a_burst_beside_them_is_found() -> None:
+    # m2 (H2) spikes x21 with p = 0.2 per second for 5 min, bursts of up to three in a row
+    # among them; each spike swings the 30-s slope of H2 by ~1e-8 mol/s for half a window
+    faults = [FaultSpec(kind="sensor_spikes", cells=[0], instrument="oems", at_s=5000.0,
+                        until_s=5300.0, magnitude=1.0),
+              FaultSpec(kind="gas_burst", cells=[1], at_s=5100.0, until_s=5700.0,
+                        magnitude=1.6e-9)]
+    ex, events = _run("cycling", 6000, cells=2, faults=faults)
+    assert _alarms(events) == [("cell02", "gas_onset")]
+    burst = next(e for e in events if e.meta["severity"] == "warning")
+    assert 0.0 <= (burst.t0_ns - ex.ground_truth[1]["onset_ns"]) / 1e9 <= 60.0

@@ -262,15 +262,26 @@ def gas_block(signals: np.ndarray, t: np.ndarray, a: np.ndarray, scale_a: float,
 (O_S_MEAN, O_S_VAR, O_S_N, O_B_MEAN, O_B_VAR, O_B_N, O_BLOCK_SUM, O_BLOCK_N, O_BLOCK_T0,
  O_CUSUM, O_LEFT_ZERO_T, O_FAST_SINCE, O_ARMED, O_ALARMED, O_QUIET_SINCE, O_LAST_T,
  O_HIST_HEAD, O_HIST_LEN, O_HIGH_SINCE) = range(19)
-O_GROWTH = 19
+# ion-current spikes, seen in the mole fraction: the last fraction and its time, the fraction
+# before a suspect run and the run's first step, the mean |step| of the fraction and its
+# count, the length of the suspect run, the time of the last spike, whether the open block
+# holds a rate a spike disturbed, the last rate and the time the suspect run began
+(O_X_PREV, O_X_T_PREV, O_X_REF, O_X_JUMP, O_X_SCALE, O_X_N, O_SUSPECT, O_SPIKE_T,
+ O_BLOCK_DIRTY, O_R_PREV, O_X_T_RUN) = range(19, 30)
+O_GROWTH = 30
 HISTORY = 256
 O_HIST_T = O_GROWTH + EW
 O_HIST_G = O_HIST_T + HISTORY
 N_ONSET = O_HIST_G + HISTORY
 # parameters
 (Q_BLOCK_S, Q_WARMUP_BLOCKS, Q_BASELINE_TAU, Q_CUSUM_K, Q_CUSUM_H, Q_FAST_Z, Q_FAST_HOLD,
- Q_MIN_RATE, Q_ALARM_RATE, Q_REARM_S, Q_GROWTH_TIME, Q_GROWTH_TAU, Q_GROWTH_LAG) = range(13)
-N_ONSET_PARAM = 13
+ Q_MIN_RATE, Q_ALARM_RATE, Q_REARM_S, Q_GROWTH_TIME, Q_GROWTH_TAU, Q_GROWTH_LAG,
+ Q_SPIKE_VETO) = range(14)
+N_ONSET_PARAM = 14
+SPIKE_K = 10.0       # a fraction step this many mean |steps| is suspect ...
+SPIKE_ALPHA = 0.05   # ... against an EWMA of |step| (weight per sample)
+SPIKE_WARMUP = 16    # steps learnt before suspects are judged
+SPIKE_MAX_BURST = 5  # a suspect run back within this many samples was a spike
 # event rows: sample index, onset time, statistic, rate, block baseline, sample sigma
 N_ONSET_EVIDENCE = 6
 # per-sample growth codes
@@ -279,7 +290,8 @@ SKIPPED, OFF, ON = -1, 0, 1
 
 def new_onset_state() -> np.ndarray:
     st = np.zeros(N_ONSET)
-    st[[O_BLOCK_T0, O_LEFT_ZERO_T, O_FAST_SINCE, O_QUIET_SINCE, O_LAST_T, O_HIGH_SINCE]] = np.nan
+    st[[O_BLOCK_T0, O_LEFT_ZERO_T, O_FAST_SINCE, O_QUIET_SINCE, O_LAST_T, O_HIGH_SINCE,
+        O_X_PREV, O_X_T_PREV, O_SPIKE_T, O_X_T_RUN]] = np.nan
     st[O_ARMED] = 1.0
     return st
 
@@ -313,8 +325,68 @@ def _rearm_onset(st: np.ndarray, t: float, quiet: bool, rearm_s: float) -> None:
 
 
 @nb.njit(cache=True)
+def _learn_step(st: np.ndarray, step: float) -> None:
+    """The mean |step| of the mole fraction: a running mean over the warm-up, then an EWMA of
+    steps clipped at 3 means, so a spike missed does not raise it (a noisier signal still
+    does, by up to a tenth per sample)."""
+    n = st[O_X_N]
+    if n < SPIKE_WARMUP:
+        st[O_X_SCALE] += (step - st[O_X_SCALE]) / (n + 1.0)
+    else:
+        st[O_X_SCALE] += SPIKE_ALPHA * (min(step, 3.0 * st[O_X_SCALE]) - st[O_X_SCALE])
+    st[O_X_N] = n + 1.0
+
+
+@nb.njit(cache=True)
+def spike_step(st: np.ndarray, t: float, x: float, rate: float, p: np.ndarray
+               ) -> tuple[bool, bool, float]:
+    """Ion-current spikes, seen in the gas's mole fraction ``x`` (NaN: not given). A sample is
+    suspect when the fraction steps by more than ``SPIKE_K`` mean |steps| and the rate jumps
+    with it by ``fast_z`` sample sigmas (a spike too small to start an onset is left alone);
+    so are the next ones, up to ``SPIKE_MAX_BURST``, until the fraction is back within half
+    the step of where it was: then they were a spike (a burst of them). Gas reaches the
+    instrument through a headspace or a flow cell, which smooth it: only a sensor jumps up
+    and back within seconds. A spike disturbs every rate computed over a window that holds
+    it: the rates of the next ``spike_veto_s`` (the gas processor's slope window). Returns
+    (suspect, disturbed, since) for this sample. A run that stays is a level change and is
+    learnt: it is judged a few samples late, from ``since``, the time the run began (NaN
+    otherwise)."""
+    suspect = False
+    since = np.nan
+    if math.isfinite(x):
+        prev = st[O_X_PREV]
+        if math.isfinite(prev):
+            step = abs(x - prev)
+            run = st[O_SUSPECT]
+            sigma = math.sqrt(st[O_S_VAR])
+            if run > 0.0:
+                if abs(x - st[O_X_REF]) < 0.5 * st[O_X_JUMP]:  # back: the run was a spike
+                    st[O_SPIKE_T] = st[O_X_T_PREV]
+                    st[O_BLOCK_DIRTY] = 1.0
+                    run = 0.0
+                elif run < SPIKE_MAX_BURST:
+                    run += 1.0
+                    suspect = True
+                else:  # it stayed: a level change
+                    _learn_step(st, st[O_X_JUMP])
+                    run = 0.0
+                    since = st[O_X_T_RUN]
+            elif st[O_X_N] >= SPIKE_WARMUP and step > SPIKE_K * st[O_X_SCALE] \
+                    and sigma > 0 and abs(rate - st[O_R_PREV]) > p[Q_FAST_Z] * sigma:
+                run = 1.0
+                suspect = True
+                st[O_X_REF], st[O_X_JUMP], st[O_X_T_RUN] = prev, step, t
+            else:
+                _learn_step(st, step)
+            st[O_SUSPECT] = run
+        st[O_X_PREV], st[O_X_T_PREV] = x, t
+    st[O_R_PREV] = rate
+    return suspect, t - st[O_SPIKE_T] <= p[Q_SPIKE_VETO], since
+
+
+@nb.njit(cache=True)
 def onset_step(st: np.ndarray, t: float, rate: float, dt: float, p: np.ndarray,
-               ev: np.ndarray) -> bool:
+               ev: np.ndarray, suspect: bool, disturbed: bool, since: float) -> bool:
     """One rate sample through the two onset paths (see processors/gas_events.py): a CUSUM over
     block means and a sample ``fast_z`` sigmas up for ``fast_hold_s``. On an onset, writes
     (onset time, statistic) to ev[0:2], disarms and returns True.
@@ -326,11 +398,20 @@ def onset_step(st: np.ndarray, t: float, rate: float, dt: float, p: np.ndarray,
     back below it), so that one burst makes one event at its severity. After an onset at the
     alarm rate, block means back below half of it for ``rearm_s`` re-arm the detector as a
     return to the baseline does, so that everyday gassing after a burst does not hide the
-    next one."""
+    next one.
+
+    ``suspect``, ``disturbed`` and ``since`` come from ``spike_step``: a suspect sample starts
+    nothing and fires nothing (its block closes one sample later), and a fast excursion or an
+    alarm-level run that starts when a suspect run turned out to be a level change starts
+    where that run began; a disturbed sample ends them, and its block is not judged, learnt
+    or counted towards a re-arm."""
     alarm = p[Q_ALARM_RATE]
-    if rate >= 0.5 * alarm:
-        if math.isnan(st[O_HIGH_SINCE]):
-            st[O_HIGH_SINCE] = t
+    if disturbed:
+        st[O_BLOCK_DIRTY] = 1.0
+    start = since if math.isfinite(since) else t
+    if rate >= 0.5 * alarm and not disturbed:
+        if math.isnan(st[O_HIGH_SINCE]) and not suspect:
+            st[O_HIGH_SINCE] = start
     else:
         st[O_HIGH_SINCE] = np.nan
     high_since = st[O_HIGH_SINCE]
@@ -339,9 +420,11 @@ def onset_step(st: np.ndarray, t: float, rate: float, dt: float, p: np.ndarray,
     warm = st[O_B_N] >= p[Q_WARMUP_BLOCKS] and st[O_B_VAR] > 0 and st[O_S_VAR] > 0
     z = (rate - st[O_S_MEAN]) / math.sqrt(st[O_S_VAR]) if warm else 0.0
     found = False
-    if warm and z > p[Q_FAST_Z]:
+    if suspect:
+        pass  # judged with the next sample
+    elif warm and z > p[Q_FAST_Z] and not disturbed:
         if math.isnan(st[O_FAST_SINCE]):
-            st[O_FAST_SINCE] = t
+            st[O_FAST_SINCE] = start
         onset = st[O_FAST_SINCE]
         if rate >= alarm and high_since > onset:
             onset = high_since
@@ -358,10 +441,14 @@ def onset_step(st: np.ndarray, t: float, rate: float, dt: float, p: np.ndarray,
         st[O_BLOCK_T0] = t
     st[O_BLOCK_SUM] += rate
     st[O_BLOCK_N] += 1
-    if t - st[O_BLOCK_T0] >= p[Q_BLOCK_S]:
+    if t - st[O_BLOCK_T0] >= p[Q_BLOCK_S] and not suspect:
         mean = st[O_BLOCK_SUM] / st[O_BLOCK_N]
         st[O_BLOCK_SUM], st[O_BLOCK_N], st[O_BLOCK_T0] = 0.0, 0.0, t
-        if warm:
+        dirty = st[O_BLOCK_DIRTY] == 1.0
+        st[O_BLOCK_DIRTY] = 0.0
+        if dirty:
+            st[O_QUIET_SINCE] = np.nan  # a spike's block says nothing about the gas
+        elif warm:
             zb = (mean - st[O_B_MEAN]) / math.sqrt(st[O_B_VAR])
             if st[O_CUSUM] == 0.0:
                 st[O_LEFT_ZERO_T] = t - p[Q_BLOCK_S]
@@ -379,11 +466,14 @@ def onset_step(st: np.ndarray, t: float, rate: float, dt: float, p: np.ndarray,
                 quiet = True  # the burst is over
         else:
             quiet = typical = True
-        if st[O_ARMED] == 1.0 and typical:
-            _learn(st, O_B_MEAN, mean, 1.0 - math.exp(-p[Q_BLOCK_S] / p[Q_BASELINE_TAU]),
-                   p[Q_WARMUP_BLOCKS])
-        _rearm_onset(st, t, quiet, p[Q_REARM_S])
-    if not warm or (st[O_ARMED] == 1.0 and abs(z) < 3.0):
+        if not dirty:
+            if st[O_ARMED] == 1.0 and typical:
+                _learn(st, O_B_MEAN, mean, 1.0 - math.exp(-p[Q_BLOCK_S] / p[Q_BASELINE_TAU]),
+                       p[Q_WARMUP_BLOCKS])
+            _rearm_onset(st, t, quiet, p[Q_REARM_S])
+    if suspect or disturbed:
+        pass  # not learnt
+    elif not warm or (st[O_ARMED] == 1.0 and abs(z) < 3.0):
         _learn(st, O_S_MEAN, rate, 1.0 - math.exp(-dt / p[Q_BASELINE_TAU]) if dt > 0 else 0.0,
                1e9 if not warm else 0.0)
     if found:
@@ -423,10 +513,11 @@ def growth_step(st: np.ndarray, t: float, rate: float, dt: float, p: np.ndarray
 
 
 @nb.njit(cache=True)
-def onset_block(ts: np.ndarray, rates: np.ndarray, st: np.ndarray, p: np.ndarray,
-                report: bool, runaway: bool, events: np.ndarray, codes: np.ndarray,
-                growth: np.ndarray) -> tuple[int, int, int]:
-    """The rate samples of one frame of one gas. Samples that are not finite or not after the
+def onset_block(ts: np.ndarray, rates: np.ndarray, xs: np.ndarray, st: np.ndarray,
+                p: np.ndarray, report: bool, runaway: bool, events: np.ndarray,
+                codes: np.ndarray, growth: np.ndarray) -> tuple[int, int, int]:
+    """The rate samples of one frame of one gas, with its mole fractions ``xs`` (NaN where not
+    given), which reveal ion-current spikes. Samples that are not finite or not after the
     last one are skipped (codes SKIPPED). Onsets go to ``events`` rows [sample, onset t,
     statistic, rate, block baseline, sample sigma]; a reported (``report``) onset at or above
     the alarm rate marks the episode alarmed. With ``runaway`` the growth indicator's code
@@ -443,7 +534,8 @@ def onset_block(ts: np.ndarray, rates: np.ndarray, st: np.ndarray, p: np.ndarray
             continue
         dt = 0.0 if math.isnan(last) else t - last
         st[O_LAST_T] = t
-        if onset_step(st, t, rate, dt, p, ev) and report:
+        suspect, disturbed, since = spike_step(st, t, xs[k], rate, p)
+        if onset_step(st, t, rate, dt, p, ev, suspect, disturbed, since) and report:
             events[m, 0], events[m, 1], events[m, 2], events[m, 3] = k, ev[0], ev[1], rate
             events[m, 4], events[m, 5] = st[O_B_MEAN], math.sqrt(st[O_S_VAR])
             m += 1
@@ -452,6 +544,10 @@ def onset_block(ts: np.ndarray, rates: np.ndarray, st: np.ndarray, p: np.ndarray
         codes[k] = OFF
         n_used += 1
         if runaway:
+            if disturbed:  # a spike's rates say nothing about acceleration
+                st[O_GROWTH:O_GROWTH + EW] = 0.0
+                st[O_HIST_HEAD], st[O_HIST_LEN] = 0.0, 0.0
+                continue
             codes[k], growth[k] = growth_step(st, t, rate, dt, p)
             if codes[k] == ON:
                 n_on += 1
