@@ -13,7 +13,8 @@ that answers it, under the issue's criteria:
 
 Events that answer no fault are consequences when they follow a fault on the same cell that
 explains them (a shorted cell loses coulombic efficiency; a plating cell plates again after the
-next fast charge), informational when their severity is ``info`` (everyday gas release at high
+next fast charge; a soft short's voltage noise at a CC-CV charge's voltage limit makes the
+cycler's current dip for single samples, which the spike detector reports), informational when their severity is ``info`` (everyday gas release at high
 state of charge), and false alarms otherwise. A gas onset follows a fault when it was detected
 after the fault's onset and its estimated onset lies at most one CUSUM block before it (the
 resolution of that estimate).
