@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import math
 import re
 import struct
@@ -54,8 +53,6 @@ from stream.frame import ALLOWED_DTYPES, Frame
 
 from .base import Adapter, AdapterConfig
 
-log = logging.getLogger("opmon.adapters.dectris")
-
 CBOR_MAGIC = b"\xd9\xd9\xf7"       # self-described CBOR (tag 55799): every v2 message
 TAG_MULTI_DIM = 40                 # RFC 8746 multi-dimensional array, row-major
 TAG_COMPRESSED = 56500             # DECTRIS compressed byte string
@@ -69,7 +66,6 @@ _TYPED_ARRAYS = {tag: np.dtype(dt) for tag, dt in {
     if np.dtype(dt).str in ALLOWED_DTYPES}
 _V1_HEADER_PARTS = {"none": 1, "basic": 2, "all": 8}
 _V1_HEADER_BLOBS = ((2, "dflatfield-1.0"), (4, "dpixelmask-1.0"), (6, "dcountrate_table-1.0"))
-_LOG_FIRST = 20   # rejects logged one by one; after that only every power of two
 _BURST = 64       # messages taken without a trip through the event loop
 
 
@@ -356,10 +352,7 @@ class DectrisStreamAdapter(Adapter):
             return []
 
     def _reject(self, where: str, reason: str) -> None:
-        message = self.reject(where, reason)
-        n = self.rejects
-        if n <= _LOG_FIRST or n & (n - 1) == 0:
-            log.warning("%s (reject %d)", message, n)
+        self.reject(where, reason)  # counted and logged, rate-limited, by Adapter.reject
 
     def _json(self, part: Any, where: str) -> dict[str, Any]:
         try:

@@ -29,7 +29,6 @@ import base64
 import contextlib
 import fnmatch
 import hashlib
-import logging
 import mmap
 import os
 import re
@@ -48,14 +47,11 @@ from stream.frame import ALLOWED_DTYPES, Frame
 from .base import Adapter, AdapterConfig
 from .timebase import ClockModel
 
-log = logging.getLogger("opmon.adapters.image_folder")
-
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs")
 CBF_BINARY_SECTION = b"--CIF-BINARY-FORMAT-SECTION--"
 CBF_DATA_START = b"\x0c\x1a\x04\xd5"   # the bytes that start a CBF binary section's data
 _CBF_SIZE = re.compile(rb"X-Binary-Size:\s*(\d+)")
 _CBF_MD5 = re.compile(rb"Content-MD5:\s*(\S+)")
-_LOG_FIRST = 20          # rejects logged one by one; after that only every power of two
 _HEADER_VALUE_MAX = 200  # header values longer than this are left out of the meta
 _HEADER_KEYS_MAX = 64
 _BATCH_BYTES = 256 << 20  # HDF5 images read per pass, at most this many bytes
@@ -396,10 +392,7 @@ class ImageFolderAdapter(Adapter):
                                meta)
 
     def _reject(self, where: str, reason: str) -> None:
-        message = self.reject(where, reason)
-        n = self.rejects
-        if n <= _LOG_FIRST or n & (n - 1) == 0:
-            log.warning("%s (reject %d)", message, n)
+        self.reject(where, reason)  # counted and logged, rate-limited, by Adapter.reject
 
     async def frames(self) -> AsyncIterator[Frame]:
         cfg = self.config
