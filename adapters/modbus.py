@@ -274,6 +274,7 @@ class ModbusPressureAdapter(Adapter):
     mapped channel). Read faults and stale values are counted and flagged, never fatal."""
 
     type_name = "modbus.pressure"
+    graceful_stop = True
     Config = ModbusPressureConfig
     reject_burst = 1                 # each kind of reject logged once per WARN_INTERVAL_S
     reject_interval_s = WARN_INTERVAL_S
@@ -470,7 +471,10 @@ class ModbusPressureAdapter(Adapter):
                     skipped = int(late // period) + 1
                     self.overruns += skipped
                     next_tick += skipped * period
-                await asyncio.sleep(next_tick - loop.time())
+                if await self.sleep_or_stop(next_tick - loop.time()):
+                    if block.times_ns:  # the node is stopping: hand over the partial block
+                        yield self._frame(block)
+                    return
         finally:
             if self._client is not None:
                 self._client.close()

@@ -610,3 +610,29 @@ def test_clock_defaults_to_host_time_unless_configured() -> None:
     assert ModbusPressureAdapter(STREAM, cfg).samples_per_block == 20
     assert ModbusPressureAdapter(STREAM, ModbusPressureConfig(
         poll_hz=0.1, block_s=1.0)).samples_per_block == 1
+
+
+async def test_a_stopping_node_gets_the_partly_filled_block(port: int) -> None:
+    from stream.node import Node
+
+    from .test_node import CollectSink
+
+    device = Device()
+    await device.write("holding", 0, encode(1.5, "float32", "big", "big"))
+    await device.start_tcp(port)
+    source = adapter(port, [{"name": "pressure", "address": 0, "type": "float32",
+                             "unit": "bar"}], block_s=60.0)  # a block far longer than the run
+    sink = CollectSink()
+    node = Node("exp", [source], [], [sink], handle_signals=False)
+    task = asyncio.create_task(node.run())
+    try:
+        async with asyncio.timeout(10):
+            while source.polls < 10:
+                await asyncio.sleep(0.02)
+        node.stop()
+        await asyncio.wait_for(task, 10)
+    finally:
+        await device.stop()
+    (frame,) = [f for f in sink.frames if f.kind == "pressure"]
+    assert frame.n_samples >= 10
+    np.testing.assert_allclose(frame.arrays["pressure"], 1.5e5)
