@@ -228,16 +228,85 @@ def ew_reference(sums: list[float], dt: float, y: float, tau: float) -> float:
     return (s0 * sxy - sx * sy) / det
 
 
-class OnsetReference:
-    """Gassing onset (block CUSUM and fast path) and the growth indicator, per sample, as the
-    gas events processor ran them in Python before the kernel."""
+class SpikeReference:
+    """Ion-current spikes seen in one gas's mole fraction, as kernels.gas_rates.spike_step
+    documents them, in plain Python. A fraction step of more than SPIKE_K mean |steps| that
+    comes with a rate jump of fast_z sample sigmas starts a suspect run; the run's next
+    samples (up to SPIKE_MAX_BURST in all) are suspect too, until the fraction is back within
+    half the step of where it was: the run was a spike, and rates until spike_veto_s after its
+    last sample are disturbed. A run that stays is a level change, learnt, and reported (as
+    ``since``) with the time it began. The mean |step| is a running mean over SPIKE_WARMUP
+    steps, then an EWMA of steps clipped at three means."""
 
     def __init__(self, c: GasEventsConfig):
         self.c = c
+        self.x_prev = self.x_prev_t = math.nan   # the last fraction given, and its time
+        self.mean_step, self.n_steps = 0.0, 0
+        self.run = 0                             # samples in the suspect run (0: none)
+        self.run_from = self.run_jump = 0.0      # fraction before the run, its first step
+        self.run_t0 = math.nan                   # when the run began
+        self.spike_t = math.nan                  # the last sample of the last spike
+        self.rate_prev = 0.0
+        self.n_spikes = self.n_level_changes = 0
+
+    def learn_step(self, step: float) -> None:
+        if self.n_steps < R.SPIKE_WARMUP:
+            self.mean_step += (step - self.mean_step) / (self.n_steps + 1.0)
+        else:
+            self.mean_step += R.SPIKE_ALPHA * (min(step, 3.0 * self.mean_step) - self.mean_step)
+        self.n_steps += 1
+
+    def step(self, t: float, x: float, rate: float, sigma: float
+             ) -> tuple[bool, bool, bool, float]:
+        """(suspect, the spike just ended, disturbed, since) for one used rate sample."""
+        suspect, ended, since = False, False, math.nan
+        if math.isfinite(x) and math.isfinite(self.x_prev):
+            step = abs(x - self.x_prev)
+            if self.run > 0:
+                if abs(x - self.run_from) < 0.5 * self.run_jump:  # back: it was a spike
+                    self.spike_t = self.x_prev_t
+                    self.run, ended = 0, True
+                    self.n_spikes += 1
+                elif self.run < R.SPIKE_MAX_BURST:
+                    self.run += 1
+                    suspect = True
+                else:  # it stayed: a level change
+                    self.learn_step(self.run_jump)
+                    self.run, since = 0, self.run_t0
+                    self.n_level_changes += 1
+            elif (self.n_steps >= R.SPIKE_WARMUP and step > R.SPIKE_K * self.mean_step
+                  and sigma > 0 and abs(rate - self.rate_prev) > self.c.fast_z * sigma):
+                self.run, suspect = 1, True
+                self.run_from, self.run_jump, self.run_t0 = self.x_prev, step, t
+            else:
+                self.learn_step(step)
+        if math.isfinite(x):
+            self.x_prev, self.x_prev_t = x, t
+        self.rate_prev = rate
+        disturbed = t - self.spike_t <= self.c.spike_veto_s  # False while there was none
+        return suspect, ended, disturbed, since
+
+
+# the kernel's state that OnsetReference.state() gives, in that order
+KERNEL_STATE = [R.O_S_MEAN, R.O_S_VAR, R.O_S_N, R.O_B_MEAN, R.O_B_VAR, R.O_B_N, R.O_CUSUM,
+                R.O_LEFT_ZERO_T, R.O_FAST_SINCE, R.O_HIGH_SINCE, R.O_ARMED, R.O_ALARMED,
+                R.O_QUIET_SINCE, R.O_BLOCK_DIRTY, R.O_X_SCALE, R.O_X_N, R.O_SUSPECT, R.O_SPIKE_T]
+
+
+class OnsetReference:
+    """Gassing onset (block CUSUM and fast path, with the alarm-level run and the spike veto)
+    and the growth indicator, per sample, in plain Python from the rules documented in
+    kernels.gas_rates (onset_step, spike_step, onset_block)."""
+
+    def __init__(self, c: GasEventsConfig):
+        self.c = c
+        self.spikes = SpikeReference(c)
         self.sample = [0.0, 0.0, 0]   # mean, var, n
         self.block = [0.0, 0.0, 0]
         self.block_sum, self.block_n, self.block_t0 = 0.0, 0, math.nan
+        self.block_dirty = False      # the open block holds a rate a spike disturbed
         self.cusum, self.left_zero_t, self.fast_since = 0.0, math.nan, math.nan
+        self.high_since = math.nan    # start of the run at half the alarm rate or more
         self.armed, self.alarmed, self.quiet_since = True, False, math.nan
         self.last_t = math.nan
         self.growth = [0.0] * 5
@@ -251,49 +320,81 @@ class OnsetReference:
         b[1] = (1 - a) * (b[1] + a * diff * diff)
         b[2] += 1
 
-    def onset(self, t: float, rate: float, dt: float) -> tuple[float, float] | None:
+    def onset(self, t: float, rate: float, dt: float, suspect: bool = False,
+              disturbed: bool = False, since: float = math.nan) -> tuple[float, float] | None:
         c = self.c
+        alarm = c.alarm_rate_mol_s
+        # what starts now starts where a suspect run that stayed began
+        start = since if math.isfinite(since) else t
+        if disturbed:
+            self.block_dirty = True
+        # the alarm-level run: a disturbed sample ends it, a suspect one starts none
+        if rate < 0.5 * alarm or disturbed:
+            self.high_since = math.nan
+        elif math.isnan(self.high_since) and not suspect:
+            self.high_since = start
+        in_high_run = not math.isnan(self.high_since)
+        high_run_held = in_high_run and t - self.high_since >= c.fast_hold_s
+
+        def placed(onset_t: float) -> float:
+            """An alarm-rate onset starts where the alarm-level run began, if that is later."""
+            if rate >= alarm and in_high_run and self.high_since > onset_t:
+                return self.high_since
+            return onset_t
+
         warm = self.block[2] >= c.warmup_blocks and self.block[1] > 0 and self.sample[1] > 0
         z = (rate - self.sample[0]) / math.sqrt(self.sample[1]) if warm else 0.0
         found = None
-        if warm and z > c.fast_z:
+        if suspect:
+            pass  # neither starts nor ends nor fires: judged with the next sample
+        elif warm and z > c.fast_z and not disturbed:
             if math.isnan(self.fast_since):
-                self.fast_since = t
-            escalates = not self.armed and not self.alarmed and rate >= c.alarm_rate_mol_s
-            if (self.armed or escalates) and t - self.fast_since >= c.fast_hold_s \
-                    and rate > c.min_rate_mol_s:
-                found = (self.fast_since, z)
+                self.fast_since = start
+            if self.armed:  # held fast_hold_s, and so has the alarm-level run if in one
+                ready = t - self.fast_since >= c.fast_hold_s and (
+                    high_run_held or not in_high_run)
+            else:  # an episode below the alarm rate escalates once a burst above it has held
+                ready = not self.alarmed and high_run_held and rate >= alarm
+            if ready and rate > c.min_rate_mol_s:
+                found = (placed(self.fast_since), z)
         else:
             self.fast_since = math.nan
         if math.isnan(self.block_t0):
             self.block_t0 = t
         self.block_sum += rate
         self.block_n += 1
-        if t - self.block_t0 >= c.block_s:
+        if t - self.block_t0 >= c.block_s and not suspect:  # a suspect sample's block waits
             mean = self.block_sum / self.block_n
             self.block_sum, self.block_n, self.block_t0 = 0.0, 0, t
-            if warm:
-                zb = (mean - self.block[0]) / math.sqrt(self.block[1])
-                if self.cusum == 0.0:
-                    self.left_zero_t = t - c.block_s
-                self.cusum = max(0.0, self.cusum + zb - c.cusum_k)
-                if self.armed and self.cusum > c.cusum_h and mean > c.min_rate_mol_s \
-                        and found is None:
-                    found = (self.left_zero_t, self.cusum)
-                quiet, typical = zb < 0.5, abs(zb) < 3.0
+            dirty, self.block_dirty = self.block_dirty, False
+            if dirty:  # not judged, not learnt, and the quiet time for a re-arm restarts
+                self.quiet_since = math.nan
             else:
-                quiet = typical = True
-            if self.armed and typical:
-                self.learn(self.block, mean, 1.0 - math.exp(-c.block_s / c.baseline_tau_s),
-                           c.warmup_blocks)
-            if not self.armed:
-                if not quiet:
-                    self.quiet_since = math.nan
-                elif math.isnan(self.quiet_since):
-                    self.quiet_since = t
-                elif t - self.quiet_since >= c.rearm_s:
-                    self.armed, self.alarmed, self.cusum = True, False, 0.0
-        if not warm or (self.armed and abs(z) < 3.0):
+                if warm:
+                    zb = (mean - self.block[0]) / math.sqrt(self.block[1])
+                    if self.cusum == 0.0:
+                        self.left_zero_t = t - c.block_s
+                    self.cusum = max(0.0, self.cusum + zb - c.cusum_k)
+                    if self.armed and self.cusum > c.cusum_h and mean > c.min_rate_mol_s \
+                            and found is None:
+                        found = (placed(self.left_zero_t), self.cusum)
+                    # back at the baseline, or (after a warning) below half the alarm rate
+                    quiet = zb < 0.5 or (self.alarmed and mean < 0.5 * alarm)
+                    typical = abs(zb) < 3.0
+                else:
+                    quiet = typical = True
+                if self.armed and typical:
+                    self.learn(self.block, mean, 1.0 - math.exp(-c.block_s / c.baseline_tau_s),
+                               c.warmup_blocks)
+                if not self.armed:
+                    if not quiet:
+                        self.quiet_since = math.nan
+                    elif math.isnan(self.quiet_since):
+                        self.quiet_since = t
+                    elif t - self.quiet_since >= c.rearm_s:
+                        self.armed, self.alarmed, self.cusum = True, False, 0.0
+        learnt = not warm or (self.armed and abs(z) < 3.0)
+        if learnt and not suspect and not disturbed:
             self.learn(self.sample, rate,
                        1.0 - math.exp(-dt / c.baseline_tau_s) if dt > 0 else 0.0,
                        10 ** 9 if not warm else 0)
@@ -302,12 +403,22 @@ class OnsetReference:
             self.quiet_since = math.nan
         return found
 
+    def state(self) -> list[float]:
+        """What the detectors have learnt and where they are, in KERNEL_STATE's order."""
+        sp = self.spikes
+        return [*self.sample, *self.block, self.cusum, self.left_zero_t, self.fast_since,
+                self.high_since, self.armed, self.alarmed, self.quiet_since, self.block_dirty,
+                sp.mean_step, sp.n_steps, sp.run, sp.spike_t]
+
+    def reset_growth(self) -> None:
+        self.growth = [0.0] * 5
+        self.history.clear()
+
     def grow(self, t: float, rate: float, dt: float) -> tuple[bool, float]:
         c = self.c
         level = self.sample[0] + 4.0 * math.sqrt(self.sample[1])
         if self.block[2] < c.warmup_blocks or rate <= level or rate <= 0:
-            self.growth = [0.0] * 5
-            self.history.clear()
+            self.reset_growth()
             return False, math.nan
         g = ew_reference(self.growth, dt, math.log(rate), c.growth_tau_s)
         self.history.append((t, g))
@@ -317,20 +428,34 @@ class OnsetReference:
         return (math.isfinite(g) and g > 1.0 / c.growth_time_s
                 and t - t0 >= 0.5 * c.growth_lag_s and g >= 0.5 * earlier), g
 
-    def run(self, ts: np.ndarray, rates: np.ndarray) -> tuple[list, list, list]:
+    def run(self, ts: np.ndarray, rates: np.ndarray, xs: np.ndarray | None = None
+            ) -> tuple[list, list, list]:
+        """Events, growth codes and growth values; ``xs`` the mole fractions (None: not
+        given)."""
+        if xs is None:
+            xs = np.full(ts.size, np.nan)
         events, codes, growth = [], [], []
-        for k, (t, rate) in enumerate(zip(ts.tolist(), rates.tolist(), strict=True)):
+        for k, (t, rate, x) in enumerate(zip(ts.tolist(), rates.tolist(), xs.tolist(),
+                                             strict=True)):
             if not math.isfinite(rate) or (math.isfinite(self.last_t) and t <= self.last_t):
                 codes.append(R.SKIPPED)
                 growth.append(math.nan)
                 continue
             dt = 0.0 if math.isnan(self.last_t) else t - self.last_t
             self.last_t = t
-            found = self.onset(t, rate, dt)
+            suspect, ended, disturbed, since = self.spikes.step(t, x, rate,
+                                                                math.sqrt(self.sample[1]))
+            if ended:
+                self.block_dirty = True  # the block holds the spike
+            found = self.onset(t, rate, dt, suspect, disturbed, since)
             if found is not None:
                 events.append([k, *found, rate, self.block[0], math.sqrt(self.sample[1])])
                 self.alarmed = self.alarmed or rate >= self.c.alarm_rate_mol_s
-            on, g = self.grow(t, rate, dt)
+            if disturbed:  # a spike's rates say nothing about acceleration
+                self.reset_growth()
+                on, g = False, math.nan
+            else:
+                on, g = self.grow(t, rate, dt)
             codes.append(R.ON if on else R.OFF)
             growth.append(g)
         return events, codes, growth
@@ -352,28 +477,89 @@ def gassing_rates(kind: str) -> tuple[np.ndarray, np.ndarray]:
     return t, rate
 
 
-@pytest.mark.parametrize("kind", ["burst", "small"])
+# m2 spikes x21 (one sample, or bursts of two and three), planted while the detector warms up,
+# while it is armed (one where a 60-s block closes, two followed by a gap in the data, one that
+# decays over two samples), within the veto of another spike, on a burst below the alarm rate,
+# on the sample where a warning-level burst fires, and in everyday gassing while disarmed
+SPIKES = [[300], [1530], [1800, 1801], [2200, 2201, 2202], [2600], [2615], [3050], [5036],
+          [6000]]
+
+
+def spiky_gassing() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A closed cell's H2 as the gas processor gives it: the mole fraction (the amount over
+    n_total, with noise) and the rate (n_total times its 30-s least-squares slope), with
+    ion-current spikes (SPIKES), a spike too small to matter, a level change that stays, a
+    burst, two warning-level bursts with everyday gassing between them and a runaway; NaN
+    rates and fractions, a gap and a repeated sample."""
+    rng = np.random.default_rng(7)
+    n, n_total, window = 9000, 4e-4, 31
+    t = np.arange(n, dtype=np.float64)
+
+    def burst(t0: float, t1: float, size: float) -> np.ndarray:
+        """Gas from t0 to t1 as the instrument sees it, through a 5-s lag."""
+        return size * (np.exp(-np.clip(t - t1, 0, None) / 5.0)
+                       - np.exp(-np.clip(t - t0, 0, None) / 5.0))
+
+    true = 1e-11 + burst(3000, 3100, 5e-10)   # a burst below the alarm rate
+    true += burst(5015, 5200, 3e-9)           # a warning-level burst ...
+    true[5200:7000] += 2e-10                  # ... then everyday gassing ...
+    true += burst(6500, 6600, 3e-9)           # ... and a burst on top of it
+    true[7500:] += 1e-12 * np.exp((t[7500:] - 7500) / 100.0)
+    x = 1e-3 + np.cumsum(true) / n_total + 2.5e-6 * rng.standard_normal(n)
+    x[4000:] += 1e-4               # a step that stays: a level change
+    x[1200] *= 1.04                # a step too small to swing the rate by fast_z sigmas
+    for spike in SPIKES:
+        x[spike] *= 21.0
+    x[2601] = x[2599] + 0.4 * (x[2600] - x[2599])  # within half the step of where it was
+    u = np.arange(window) - (window - 1) / 2.0
+    weights = u[::-1] / (u * u).sum()  # least-squares slope over the last 31 samples
+    rate = np.full(n, np.nan)          # NaN until the window has filled
+    rate[window - 1:] = n_total * np.convolve(x, weights, mode="valid")
+    rate[[4500, 8000]] = np.nan
+    rate[1802:1842] = np.nan           # 40 s without data: the spike has left the window
+    x[[700, 4300]] = np.nan
+    t[2000] = t[1999]
+    return t, rate, x
+
+
+@pytest.mark.parametrize("kind", ["burst", "small", "spikes"])
 def test_onset_block_is_bit_identical_to_the_python_detectors(kind: str) -> None:
     c = GasEventsConfig()
-    t, rate = gassing_rates(kind)
-    ref_events, ref_codes, ref_growth = OnsetReference(c).run(t, rate)
+    if kind == "spikes":
+        t, rate, x = spiky_gassing()
+    else:  # no mole fractions given: no spike is seen
+        t, rate = gassing_rates(kind)
+        x = np.full(t.size, np.nan)
+    reference = OnsetReference(c)
     st, p = R.new_onset_state(), onset_params(c)
-    events, codes, growth = [], [], []
+    events, codes, growth, ref_events, ref_codes, ref_growth = [], [], [], [], [], []
     for k in range(0, t.size, 7):  # blocks of 7 samples
         n = min(7, t.size - k)
         ev, cd, gr = np.empty((n, R.N_ONSET_EVIDENCE)), np.empty(n, dtype=np.int64), np.empty(n)
-        m, n_on, n_used = R.onset_block(t[k:k + n], rate[k:k + n], st, p, True, True, ev, cd,
-                                        gr)
+        m, n_on, n_used = R.onset_block(t[k:k + n], rate[k:k + n], x[k:k + n], st, p, True,
+                                        True, ev, cd, gr)
         assert n_on == (cd == R.ON).sum() and n_used == (cd != R.SKIPPED).sum()
         events += [[row[0] + k, *row[1:]] for row in ev[:m].tolist()]
         codes += cd.tolist()
         growth += gr.tolist()
+        ref_ev, ref_cd, ref_gr = reference.run(t[k:k + n], rate[k:k + n], x[k:k + n])
+        ref_events += [[row[0] + k, *row[1:]] for row in ref_ev]
+        ref_codes += ref_cd
+        ref_growth += ref_gr
+        # and the same state: learnt baselines, CUSUM, runs, arming, spike tracking
+        np.testing.assert_array_equal(st[KERNEL_STATE], reference.state(), err_msg=f"at {k}")
     # the burst (fast path, statistic in sigmas) or the small gassing (CUSUM well above h)
     assert 3000 <= ref_events[0][0] < 3600 and 2800 <= ref_events[0][1] <= 3100
-    assert ref_events[0][2] > (c.fast_z if kind == "burst" else c.cusum_h)
+    assert ref_events[0][2] > (c.cusum_h if kind == "small" else c.fast_z)
     assert events == ref_events
     assert codes == ref_codes and R.ON in codes and R.SKIPPED in codes
     np.testing.assert_array_equal(growth, ref_growth)
+    if kind == "spikes":  # the veto was exercised: every spike seen, and the level change
+        assert reference.spikes.n_spikes == len(SPIKES)
+        assert reference.spikes.n_level_changes >= 1  # (the two-sample spike's tail is one)
+        # without their fractions, the same rates raise onsets at the spikes
+        unvetoed = OnsetReference(c).run(t, rate)[0]
+        assert any(e[1] < 3000 for e in unvetoed)
 
 
 def test_slope_indicator_matches_a_python_loop() -> None:
