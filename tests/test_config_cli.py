@@ -118,6 +118,7 @@ def test_demo_runs_and_leaves_a_run_folder(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "ALERT FIRING" in proc.stdout and "voltage_collapse" in proc.stdout
     assert "over_temperature" in proc.stdout
+    assert "(reminder 1, not acknowledged)" in proc.stdout  # a latched critical alert repeats
     for name in ("recording.mcap", "results.lp", "health.lp", "summary.json",
                  "ground_truth.json", "config.toml"):
         assert (out / name).stat().st_size > 0, name

@@ -46,7 +46,8 @@ class ConsoleSink(Sink):
             line = (f"ALERT {m.get('state', '?').upper():8s} [{m.get('severity')}] "
                     f"{m.get('rule')} on {m.get('source')} at {_clock(frame.t0_ns)}: "
                     f"{m.get('field')}={float(frame.arrays['value'][0]):.4g} "
-                    f"(threshold {float(frame.arrays['threshold'][0]):.4g})")
+                    f"(threshold {float(frame.arrays['threshold'][0]):.4g})"
+                    + (f" (reminder {m['repeat']}, not acknowledged)" if m.get("repeat") else ""))
             self.alerts.append(line)
             self._print(line)
         elif kind == "event" and frame.meta.get("severity") in self.config.event_severities:
