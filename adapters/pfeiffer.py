@@ -201,8 +201,9 @@ def parse_scan(header: SacHeader, block: bytes | memoryview, index: int) -> list
                            f"{at + trace.data_offset + 4:#x} (full-scale range)",
                            f"exponent {exponent}")
         full_scale = 10.0 ** exponent
-        values = np.frombuffer(block, "<f4", trace.n_points,
-                               trace.data_offset + _TRACE_DATA.size).astype(np.float64)
+        with np.errstate(invalid="ignore"):  # a signalling NaN in a garbled scan: judged below
+            values = np.frombuffer(block, "<f4", trace.n_points,
+                                   trace.data_offset + _TRACE_DATA.size).astype(np.float64)
         saturated = np.flatnonzero(~(np.abs(values) <= full_scale))
         values[saturated] = np.nan
         out.append(SacSpectrum(index, trace, time_ns, trace.mass, values, full_scale,
