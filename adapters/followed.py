@@ -3,7 +3,7 @@ the machinery every file adapter shares (``biologic``, ``neware``, ``generic_csv
 ``adapters.tabular``; ``zilien``; ``pfeiffer``).
 
 - ``FollowedFileConfig``: the keys every file adapter has (``path``, ``follow``, ``poll_s``,
-  ``idle_timeout_s``, ``clock``). ``replay_clock``: a file read once trusts the instrument
+  ``idle_timeout_s``, ``clock``). ``timebase.replay_clock``: a file read once trusts the instrument
   clock unless the config chose a clock mode or an offset.
 - ``FollowedFile`` drives a ``FileHandler`` (``new_file``, ``feed_lines`` or ``feed_bytes``,
   ``end_of_file``) through ``FileFollower``: a new file for a rotation, replacement or
@@ -33,7 +33,7 @@ from stream.frame import Frame
 
 from .base import Adapter, AdapterConfig, InputError
 from .follow import DEFAULT_MAX_READ, ByteChunk, Chunk, FileFollower
-from .timebase import ClockConfig
+from .timebase import replay_clock
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -53,16 +53,6 @@ class FollowedFileConfig(AdapterConfig):
         if not value.strip():
             raise ValueError("required: the file to read")
         return value
-
-
-def replay_clock(config: FollowedFileConfig) -> FollowedFileConfig:
-    """A file read once (not followed) trusts the instrument clock, unless the config chose a
-    clock mode or set an offset."""
-    clock = config.clock
-    if config.follow or "mode" in clock.model_fields_set or clock.offset_s is not None:
-        return config
-    return config.model_copy(update={"clock": ClockConfig(**{**clock.model_dump(),
-                                                             "mode": "instrument"})})
 
 
 def is_glob(path: str) -> bool:

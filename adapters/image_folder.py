@@ -45,7 +45,7 @@ from pydantic import Field
 from stream.frame import ALLOWED_DTYPES, Frame
 
 from .base import Adapter, AdapterConfig
-from .timebase import ClockModel
+from .timebase import replay_clock
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs")
 CBF_BINARY_SECTION = b"--CIF-BINARY-FORMAT-SECTION--"
@@ -280,12 +280,9 @@ class ImageFolderAdapter(Adapter):
     Config = ImageFolderConfig
 
     def __init__(self, stream: str, config: ImageFolderConfig | None = None):
-        super().__init__(stream, config)
+        # a replay of files on disk: their mtimes are the time base
+        super().__init__(stream, replay_clock(config if config is not None else self.Config()))
         cfg = self.config
-        clock = cfg.clock
-        if not cfg.follow and "mode" not in clock.model_fields_set and clock.offset_s is None:
-            # a replay of files on disk: their mtimes are the time base
-            self.timebase = ClockModel(clock.model_copy(update={"mode": "instrument"}))
         self.directory = Path(cfg.directory)
         self.watched: dict[str, _Watched] = {}
         self.files = 0

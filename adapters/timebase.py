@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -144,3 +144,17 @@ class ClockModel:
         if host_ns is not None:
             out["host_receive_ns"] = int(host_ns)
         return out
+
+
+_Config = TypeVar("_Config", bound=BaseModel)
+
+
+def replay_clock(config: _Config) -> _Config:
+    """An adapter config (with ``follow`` and ``clock``) for a source read once, as a replay:
+    it trusts the instrument clock (file times, mtimes), unless the config chose a clock mode or
+    set an offset. A followed source keeps its config."""
+    clock: ClockConfig = config.clock
+    if config.follow or "mode" in clock.model_fields_set or clock.offset_s is not None:
+        return config
+    return config.model_copy(update={"clock": ClockConfig(**{**clock.model_dump(),
+                                                             "mode": "instrument"})})
