@@ -76,7 +76,6 @@ class Adapter(Source):
         self.stream = stream
         self.config = config or self.Config()
         self.name = stream.replace("/", ".")
-        self.seq = 0
         self._seqs: dict[str, int] = {}
         self.timebase = ClockModel(getattr(self.config, "clock", None))
         self.rejects = 0
@@ -84,11 +83,8 @@ class Adapter(Source):
         self.warnings = WarnLimiter(logging.getLogger(type(self).__module__), self.reject_burst,
                                     self.reject_interval_s)
 
-    def next_seq(self, kind: str | None = None) -> int:
-        if kind is None:
-            seq = self.seq
-            self.seq += 1
-            return seq
+    def next_seq(self, kind: str) -> int:
+        """``seq`` counts per (stream, kind), as every receiver tracks it."""
         seq = self._seqs.get(kind, 0)
         self._seqs[kind] = seq + 1
         return seq
