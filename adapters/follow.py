@@ -30,9 +30,8 @@ caller decodes each complete line with the vendor's encoding.
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -199,27 +198,3 @@ class FileFollower:
         start = self._offset
         data, more = self._take()
         return ByteChunk(data, start, more=more)
-
-    # -- polling ----------------------------------------------------------------------------
-    async def follow(self, poll_s: float = 0.2, stop: asyncio.Event | None = None,
-                     idle_timeout_s: float | None = None) -> AsyncIterator[Chunk]:
-        """Chunks as the file grows, polling every ``poll_s``. Ends when ``stop`` is set, or after
-        ``idle_timeout_s`` without new data (``None``: follow forever); the unfinished last line
-        is then handed over as a last chunk."""
-        idle = 0.0
-        while stop is None or not stop.is_set():
-            chunk = self.read_lines()
-            if chunk.content or chunk.restarted:
-                idle = 0.0
-                yield chunk
-                continue
-            if idle_timeout_s is not None and idle >= idle_timeout_s:
-                break
-            await asyncio.sleep(poll_s)
-            idle += poll_s
-        while True:
-            chunk = self.read_lines(final=True)
-            if chunk.lines or chunk.restarted:
-                yield chunk
-            if not chunk.more:
-                return

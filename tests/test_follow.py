@@ -235,23 +235,6 @@ def test_any_cap_and_any_writes_give_every_line_once_in_order(
     f.close()
 
 
-async def test_follow_yields_chunks_and_the_last_line_at_the_end(tmp_path: Path) -> None:
-    path = tmp_path / "live.mpt"
-    f = FileFollower(path)
-
-    async def write() -> None:
-        await asyncio.sleep(0.03)
-        path.write_bytes(b"a\nb")
-        await asyncio.sleep(0.03)
-        append(path, b"b\nc")
-
-    writer = asyncio.create_task(write())
-    got = [c async for c in f.follow(poll_s=0.005, idle_timeout_s=0.1)]
-    await writer
-    assert lines_of(got) == [b"a", b"bb", b"c"]
-    f.close()
-
-
 # -- bytes ------------------------------------------------------------------------------------
 
 def test_bytes_mode_caps_reads_and_restarts_on_rotation(tmp_path: Path) -> None:
