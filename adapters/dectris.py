@@ -51,7 +51,7 @@ from pydantic import Field
 
 from stream.frame import ALLOWED_DTYPES, Frame
 
-from .base import Adapter, AdapterConfig
+from .base import Adapter, AdapterConfig, InputError
 
 CBOR_MAGIC = b"\xd9\xd9\xf7"       # self-described CBOR (tag 55799): every v2 message
 TAG_MULTI_DIM = 40                 # RFC 8746 multi-dimensional array, row-major
@@ -69,12 +69,8 @@ _V1_HEADER_BLOBS = ((2, "dflatfield-1.0"), (4, "dpixelmask-1.0"), (6, "dcountrat
 _BURST = 64       # messages taken without a trip through the event loop
 
 
-class MessageError(ValueError):
+class MessageError(InputError):
     """A message that cannot be used; ``where`` names the message (htype, series, frame, part)."""
-
-    def __init__(self, where: str, reason: str):
-        self.where, self.reason = where, reason
-        super().__init__(f"{where}: {reason}")
 
 
 # -- decompression (HDF5 filter framing: u64 BE total bytes, u32 BE block bytes, blocks) --------
@@ -348,11 +344,8 @@ class DectrisStreamAdapter(Adapter):
                 return self._v2(first, host_ns)
             return self._v1(parts, host_ns)
         except MessageError as exc:
-            self._reject(exc.where, exc.reason)
+            self.reject_error(exc)
             return []
-
-    def _reject(self, where: str, reason: str) -> None:
-        self.reject(where, reason)  # counted and logged, rate-limited, by Adapter.reject
 
     def _json(self, part: Any, where: str) -> dict[str, Any]:
         try:
@@ -365,7 +358,7 @@ class DectrisStreamAdapter(Adapter):
 
     def _open(self, series: _Series, where: str) -> None:
         if self.series is not None:
-            self._reject(where, f"series {self.series.id!r} was not ended "
+            self.reject(where, f"series {self.series.id!r} was not ended "
                                 f"({self.series.images} images); starting series {series.id!r}")
         self.series = series
         self.series_count += 1
@@ -389,7 +382,7 @@ class DectrisStreamAdapter(Adapter):
         s.next_frame = number + 1
         if expected is not None and number > expected:
             missing = f"{expected}" if number == expected + 1 else f"{expected}..{number - 1}"
-            self._reject(where, f"frames {missing} missing (skipped to {number})")
+            self.reject(where, f"frames {missing} missing (skipped to {number})")
 
     def _image_frame(self, s: _Series, image: np.ndarray, instrument_ns: int, host_ns: int,
                      meta: dict[str, Any]) -> Frame:
@@ -449,7 +442,7 @@ class DectrisStreamAdapter(Adapter):
         self._open(_Series(1, series_id, host_ns if origin is None else origin,
                            detector_meta(config)), where)
         for place, reason in problems:   # the series still opens: its images are usable
-            self._reject(place, reason)
+            self.reject(place, reason)
 
     def _v1_image(self, head: dict[str, Any], parts: Sequence[Any], where: str,
                   host_ns: int) -> list[Frame]:

@@ -44,7 +44,7 @@ from pydantic import Field
 
 from stream.frame import ALLOWED_DTYPES, Frame
 
-from .base import Adapter, AdapterConfig
+from .base import Adapter, AdapterConfig, InputError
 from .timebase import replay_clock
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs")
@@ -57,12 +57,8 @@ _HEADER_KEYS_MAX = 64
 _BATCH_BYTES = 256 << 20  # HDF5 images read per pass, at most this many bytes
 
 
-class IncompleteImage(ValueError):
+class IncompleteImage(InputError):
     """A file that does not (yet) parse completely; ``where`` names the file (and image)."""
-
-    def __init__(self, where: str, reason: str):
-        self.where, self.reason = where, reason
-        super().__init__(f"{where}: {reason}")
 
 
 @dataclass
@@ -370,7 +366,7 @@ class ImageFolderAdapter(Adapter):
                 w.due_at = time.monotonic() + self.config.settle_s
                 self.retries += 1
                 return
-            self._reject(exc.where, f"{exc.reason} (after {w.tries} tries)")
+            self.reject(exc.where, f"{exc.reason} (after {w.tries} tries)")
         else:
             self.files += 1
             w.final = not is_hdf5   # an image file is published once; stacks may grow
@@ -387,9 +383,6 @@ class ImageFolderAdapter(Adapter):
         self.images += 1
         return self.make_frame("image", mtime_ns, {"image": image.data}, {"image": "counts"},
                                meta)
-
-    def _reject(self, where: str, reason: str) -> None:
-        self.reject(where, reason)  # counted and logged, rate-limited, by Adapter.reject
 
     async def frames(self) -> AsyncIterator[Frame]:
         cfg = self.config
