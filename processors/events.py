@@ -23,6 +23,9 @@ from stream.frame import Frame, FrameError
 from .base import Processor, ProcessorConfig
 from .electrochem import require_arrays
 from .kernels import echem_events as K
+from .sensor_faults import DEFAULT_LIMITS
+
+_VOLTAGE = DEFAULT_LIMITS["voltage"]
 
 
 class EventsConfig(ProcessorConfig):
@@ -33,7 +36,7 @@ class EventsConfig(ProcessorConfig):
     short_rearm_s: float = 10.0           # the drop below a tenth of short_drop_V this long
     # readings outside this span are not a cell voltage (a spike, a rail): every detector skips
     # them, the sensor_faults processor reports them (its default voltage limits)
-    voltage_limits_V: tuple[float, float] = (-0.5, 5.5)
+    voltage_limits_V: tuple[float, float] = (_VOLTAGE.low, _VOLTAGE.high)
     micro_min_V: float = 0.015
     micro_max_current_change: float = 0.01  # relative: a micro-short leaves I unchanged
     micro_sigmas: float = 8.0             # ... and drops further than this many noise sigmas
